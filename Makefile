@@ -1,0 +1,44 @@
+# Two commands for a fresh machine: `make serve` (set up, build, serve) and `make test`.
+# Everything installs into .venv from pyproject.toml + requirements.lock (pinned).
+
+SHELL := /bin/bash
+# The Triton python-backend stub embeds the system libpython, so the venv is built from the
+# system interpreter (see ../shared/TRITON_NOTES.md); fall back to whatever python3.11 is on PATH.
+PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v $$p >/dev/null && { command -v $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PRESET ?= tiny
+SEED ?= 0
+BUILD := build
+
+.PHONY: setup test checkpoint onnx parity full-check clean lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+checkpoint: setup
+	$(BIN)/rerank-build checkpoint --preset $(PRESET) --seed $(SEED) --out $(BUILD)/checkpoints/$(PRESET)
+
+onnx: checkpoint
+	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --dtype fp32 --out $(BUILD)/onnx/$(PRESET)-fp32
+	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --dtype fp16 --out $(BUILD)/onnx/$(PRESET)-fp16
+
+parity: onnx
+	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp32/model.onnx
+	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp16/model.onnx
+
+# Full-size preset (1.24B random weights): minutes and ~15 GB of memory, not part of CI.
+full-check: setup
+	$(BIN)/rerank-build full-check --workdir $(BUILD)/full-check
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,95 @@
+"""``rerank-build``: one CLI for every build stage (each stage's module does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("rerank_build")
+
+
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import write_random_checkpoint
+
+    out = args.out or Path("build/checkpoints") / args.preset
+    write_random_checkpoint(args.preset, out, seed=args.seed, dtype=args.dtype)
+    print(out)
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export_onnx import export_onnx
+
+    print(export_onnx(args.checkpoint, args.out, dtype=args.dtype))
+    return 0
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from .parity import main_parity
+
+    return main_parity(args.checkpoint, args.onnx, args.endpoint, args.protocol, args.model,
+                       args.tolerance, args.random_queries, args.seed, args.batch_size)
+
+
+def _cmd_full_check(args: argparse.Namespace) -> int:
+    from .full_check import run_full_check
+
+    return run_full_check(Path(args.workdir), seed=args.seed, dtype=args.dtype)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rerank-build", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("checkpoint", help="write a random-weight checkpoint of the real architecture")
+    p.add_argument("--preset", choices=["tiny", "small", "full"], required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="storage dtype of the safetensors (the real checkpoint is bf16)")
+    p.add_argument("--out", type=Path, help="output directory (default build/checkpoints/<preset>)")
+    p.set_defaults(func=_cmd_checkpoint)
+
+    p = sub.add_parser("export-onnx", help="export a checkpoint to DIR/model.onnx plus tokenizer files")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
+    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_export_onnx)
+
+    p = sub.add_parser("parity", help="compare the reference with ONNX Runtime or a served endpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id (the reference)")
+    p.add_argument("--onnx", help="candidate: an exported model.onnx")
+    p.add_argument("--endpoint", help="candidate: a served ensemble, HOST:PORT")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--model", help="ensemble name of the endpoint (default NIM's)")
+    p.add_argument("--tolerance", type=float, help="max abs difference (default by dtype: fp32 1e-4, fp16 5e-2)")
+    p.add_argument("--random-queries", type=int, default=12, help="seeded random queries besides the fixed ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=0, help="rows per ONNX batch (0: one batch per query)")
+    p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("full-check", help="full-size preset: checkpoint -> ONNX (external data) -> parity")
+    p.add_argument("--workdir", default="build/full-check")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.set_defaults(func=_cmd_full_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, NotADirectoryError, ValueError, NotImplementedError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

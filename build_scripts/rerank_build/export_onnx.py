@@ -1,0 +1,138 @@
+"""ONNX export of the reranker: the graph TensorRT builds from and ONNX Runtime serves on CPU.
+
+Contract (shared by ONNX, TensorRT and the Triton configs):
+- inputs ``input_ids`` and ``attention_mask``: int32 [batch, seq], left-padded, dynamic axes;
+- output ``logits``: fp32 [batch, 1] (raw logit; the head's division by temperature included).
+Legacy TorchScript exporter, opset 17, eager attention with an explicit bidirectional mask.
+``fp16`` keeps RMSNorm, softmax, pooling and the head in fp32. Models over 2 GB are written
+with ONNX external data (``model.onnx.data``) beside ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rerank_prompt import EOS_ID
+
+from .checkpoint import load_reranker, resolve_checkpoint
+from .tokenizer_files import copy_tokenizer_files
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "logits"
+ONNX_INT_DTYPE = torch.int32
+OPSET = 17
+EXTERNAL_DATA_FILE = "model.onnx.data"
+PROTOBUF_LIMIT = 2 * 1024**3
+
+
+def _dummy_inputs(batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((batch, seq), EOS_ID, dtype=ONNX_INT_DTYPE)
+    ids[:, -seq // 2:] = torch.arange(100, 100 + seq // 2, dtype=ONNX_INT_DTYPE)
+    mask = torch.zeros((batch, seq), dtype=ONNX_INT_DTYPE)
+    mask[:, -seq // 2:] = 1
+    return ids, mask
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_onnx(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp32",
+                external_data: bool | None = None) -> Path:
+    """Export ``checkpoint`` to ``out_dir/model.onnx`` (+ tokenizer files); returns the path.
+
+    ``external_data`` None: only when the weights approach protobuf's 2 GB limit.
+    """
+    import onnx
+
+    if dtype not in ("fp32", "fp16"):
+        raise ValueError(f"ONNX export supports fp32 and fp16, not {dtype!r}")
+    ckpt_dir = resolve_checkpoint(checkpoint)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model = load_reranker(ckpt_dir, dtype=dtype, attn_impl="eager")
+    big = external_data if external_data is not None else (
+        model.config.num_parameters() * (4 if dtype == "fp32" else 2) > PROTOBUF_LIMIT * 0.9)
+    onnx_path = out / "model.onnx"
+    for stale in (onnx_path, out / EXTERNAL_DATA_FILE):
+        stale.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp_path = Path(tmp) / "model.onnx"
+        logger.info("tracing %s model (%s) to ONNX", dtype, ckpt_dir)
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                _dummy_inputs(),
+                str(tmp_path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "seq"},
+                    "attention_mask": {0: "batch", 1: "seq"},
+                    OUTPUT_NAME: {0: "batch"},
+                },
+                do_constant_folding=False,
+            )
+        del model
+        # Re-save in a known layout: one file, or one external data file for > 2 GB models.
+        proto = onnx.load(str(tmp_path), load_external_data=True)
+        proto.doc_string = f"llama-3.2-nv-rerankqa-1b-v2 reranker ({dtype}) exported by rerank-build"
+        if big:
+            onnx.save_model(proto, str(onnx_path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=EXTERNAL_DATA_FILE, size_threshold=1024)
+        else:
+            onnx.save_model(proto, str(onnx_path))
+        del proto
+    onnx.checker.check_model(str(onnx_path), full_check=False)
+    copy_tokenizer_files(ckpt_dir, out)
+    shutil.copy2(ckpt_dir / "config.json", out / "config.json")
+    meta = {
+        "dtype": dtype,
+        "opset": OPSET,
+        "inputs": {name: "int32 [batch, seq]" for name in INPUT_NAMES},
+        "outputs": {OUTPUT_NAME: "float32 [batch, 1]"},
+        "external_data": EXTERNAL_DATA_FILE if big else None,
+        "checkpoint": str(ckpt_dir),
+        "onnx_sha256": file_sha256(onnx_path),
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "export_meta.json").write_text(json.dumps(meta, indent=2))
+    size = onnx_path.stat().st_size + ((out / EXTERNAL_DATA_FILE).stat().st_size if big else 0)
+    logger.info("wrote %s (%.1f MB) in %.1fs", onnx_path, size / 1e6, meta["export_seconds"])
+    return onnx_path
+
+
+def onnx_size_bytes(onnx_path: str | Path) -> int:
+    """Bytes of ``model.onnx`` plus its external data file, if any."""
+    path = Path(onnx_path)
+    data = path.with_name(EXTERNAL_DATA_FILE)
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def ort_session(onnx_path: str | Path, threads: int = 0):  # -> onnxruntime.InferenceSession
+    """A CPU ONNX Runtime session (``threads`` = 0: ONNX Runtime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(os.fspath(onnx_path), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,207 @@
+"""The reranker's prompt, truncation and padding rules: one module for every code path.
+
+The Triton tokenizer model, the reference implementation, the parity tool, the benchmarks and the
+client's token estimates all import this file (the repository assembly copies it verbatim beside
+the tokenizer's ``model.py``), so the template and the truncation semantics exist exactly once.
+
+Semantics (see MODEL_FACTS.md):
+- one templated string per pair, ``question:{query} \\n \\n passage:{passage}`` with REAL newlines;
+- the tokenizer's post-processor prepends BOS (``<|begin_of_text|>``), no EOS;
+- ``truncate="END"`` keeps the first ``max_length`` tokens (BOS included), so the passage is cut
+  first and the query only when the query alone is too long; ``truncate="NONE"`` rejects a
+  too-long pair with NIM's message.
+
+Only ``numpy`` is imported at module level; ``tokenizers`` is imported by :func:`load_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenizers import Tokenizer
+
+TEMPLATE = "question:{query} \n \n passage:{passage}"
+DEFAULT_MAX_LENGTH = 8192
+BOS_TOKEN = "<|begin_of_text|>"
+EOS_TOKEN = "<|end_of_text|>"
+BOS_ID = 128000
+EOS_ID = 128001
+#: Length buckets the tokenizer pads to, so that Triton's dynamic batcher (which only merges
+#: requests of identical shape) can merge requests.
+DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class RerankInputError(ValueError):
+    """A request the reranker must refuse (INVALID_ARGUMENT over gRPC, HTTP 400)."""
+
+
+class EmptyTextError(RerankInputError):
+    """A query or passage is empty."""
+
+
+class TextEncodingError(RerankInputError):
+    """A query or passage is not valid UTF-8 text."""
+
+
+class InputTooLongError(RerankInputError):
+    """A pair is longer than the limit and ``truncate`` is ``NONE`` (NIM's wording)."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        self.length = length
+        self.limit = limit
+        super().__init__(f"Input length {length} exceeds maximum allowed token size {limit}")
+
+
+class TruncateValueError(RerankInputError):
+    """``truncate`` is neither ``NONE`` nor ``END``."""
+
+
+class Truncate(str, enum.Enum):
+    """NIM's truncation modes."""
+
+    NONE = "NONE"
+    END = "END"
+
+
+def parse_truncate(value: "str | bytes | Truncate | None") -> Truncate:
+    """Parse a ``truncate`` value; ``None`` or empty means NIM's default ``NONE``."""
+    if isinstance(value, Truncate):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if value is None or value == "":
+        return Truncate.NONE
+    if not isinstance(value, str):
+        raise TruncateValueError(f"truncate must be a string, got {type(value).__name__}")
+    try:
+        return Truncate(value.strip().upper())
+    except ValueError:
+        raise TruncateValueError(
+            f"Invalid truncate value {value!r}: expected one of {[t.value for t in Truncate]}"
+        ) from None
+
+
+def to_text(value: "str | bytes", field: str) -> str:
+    """Decode and validate one query or passage; ``field`` names it in error messages."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TextEncodingError(
+                f"{field} is not valid UTF-8 (invalid byte at offset {exc.start})"
+            ) from None
+    elif not isinstance(value, str):
+        raise TextEncodingError(f"{field} must be text, got {type(value).__name__}")
+    if value == "":
+        raise EmptyTextError(f"{field} is empty")
+    return value
+
+
+def format_pair(query: str, passage: str) -> str:
+    """The model's single templated string for one (query, passage) pair."""
+    return TEMPLATE.format(query=query, passage=passage)
+
+
+def load_tokenizer(path: str) -> "Tokenizer":
+    """Load a ``tokenizer.json`` (a file, or a directory holding one) with HF ``tokenizers``."""
+    import os
+
+    from tokenizers import Tokenizer
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
+    tokenizer = Tokenizer.from_file(path)
+    # Never let a tokenizer.json's own truncation or padding settings change the semantics.
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+class PairEncoder:
+    """Turns (query, passages) into token ids with BOS, the template and NIM's truncation."""
+
+    def __init__(self, tokenizer: "Tokenizer", max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        probe = tokenizer.encode("x").ids
+        bos = tokenizer.token_to_id(BOS_TOKEN)
+        # A tokenizer.json without the BOS post-processor silently gives wrong scores: refuse it.
+        if bos is None or not probe or probe[0] != bos:
+            raise ValueError(
+                "tokenizer does not prepend BOS <|begin_of_text|>: its tokenizer.json needs a "
+                "post-processor like TemplateProcessing('<|begin_of_text|> $A')"
+            )
+        self.bos_id = bos
+
+    def encode(
+        self,
+        query: "str | bytes",
+        passages: Sequence["str | bytes"],
+        truncate: "str | Truncate | None" = Truncate.NONE,
+    ) -> list[list[int]]:
+        """Token ids per pair (BOS first), truncated or rejected as NIM does."""
+        mode = parse_truncate(truncate)
+        query_text = to_text(query, "query")
+        texts = [format_pair(query_text, to_text(p, f"passage {i}")) for i, p in enumerate(passages)]
+        rows = [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        return [self._fit(ids, mode) for ids in rows]
+
+    def _fit(self, ids: list[int], mode: Truncate) -> list[int]:
+        if len(ids) <= self.max_length:
+            return ids
+        if mode is Truncate.NONE:
+            raise InputTooLongError(len(ids), self.max_length)
+        return ids[: self.max_length]
+
+    def count_tokens(self, query: str, passages: Sequence[str], truncate: "str | Truncate" = "END") -> list[int]:
+        """Tokens per pair after truncation (BOS included): the server's ``token_count``."""
+        return [len(ids) for ids in self.encode(query, passages, truncate)]
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Left-padded engine inputs (int32, the dtype of the ONNX, TensorRT and Triton tensors)."""
+
+    input_ids: np.ndarray  # [N, L] int32
+    attention_mask: np.ndarray  # [N, L] int32
+    token_counts: np.ndarray  # [N] int32
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+def choose_bucket(length: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
+    """Smallest bucket that holds ``length`` tokens; the length itself past the last bucket."""
+    for bucket in sorted(buckets):
+        if length <= bucket:
+            return bucket
+    return length
+
+
+def left_pad(
+    rows: Sequence[Sequence[int]],
+    pad_id: int = EOS_ID,
+    length: "int | None" = None,
+) -> PaddedBatch:
+    """Left-pad rows to ``length`` (default: the longest row) as the reference batching does."""
+    if not rows:
+        raise ValueError("cannot pad an empty batch")
+    counts = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
+    width = int(counts.max()) if length is None else length
+    if width < int(counts.max()):
+        raise ValueError(f"pad length {width} is shorter than the longest row ({int(counts.max())})")
+    ids = np.full((len(rows), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(rows), width), dtype=np.int32)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+    return PaddedBatch(ids, mask, counts)

@@ -1,0 +1,84 @@
+"""ONNX export: contract, variants, external data, and ONNX Runtime agreement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import rerank_prompt as rp
+from rerank_build.export_onnx import EXTERNAL_DATA_FILE, export_onnx, ort_session
+from rerank_build.textgen import FIXED_CASES, random_cases
+
+
+def _io(model: onnx.ModelProto):
+    def describe(v):
+        t = v.type.tensor_type
+        return v.name, t.elem_type, [d.dim_param or d.dim_value for d in t.shape.dim]
+    return [describe(v) for v in model.graph.input], [describe(v) for v in model.graph.output]
+
+
+@pytest.mark.parametrize("variant", ["tiny_onnx_fp32", "tiny_onnx_fp16"])
+def test_contract(request, variant):
+    path = request.getfixturevalue(variant)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    inputs, outputs = _io(model)
+    assert inputs == [("input_ids", onnx.TensorProto.INT32, ["batch", "seq"]),
+                      ("attention_mask", onnx.TensorProto.INT32, ["batch", "seq"])]
+    assert outputs == [("logits", onnx.TensorProto.FLOAT, ["batch", 1])]
+    beside = {p.name for p in path.parent.iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "export_meta.json"} <= beside
+
+
+def test_fp16_keeps_norm_pooling_and_head_in_fp32(tiny_onnx_fp16):
+    model = onnx.load(str(tiny_onnx_fp16))
+    dtypes = {init.name: init.data_type for init in model.graph.initializer}
+    matmul_weights = [n for n, t in dtypes.items() if "proj" in n or "embed" in n]
+    assert matmul_weights and all(dtypes[n] == onnx.TensorProto.FLOAT16 for n in matmul_weights)
+    assert dtypes["score.weight"] == onnx.TensorProto.FLOAT
+    assert all(t == onnx.TensorProto.FLOAT for n, t in dtypes.items() if n.endswith("norm.weight"))
+    assert json.loads((tiny_onnx_fp16.parent / "export_meta.json").read_text())["dtype"] == "fp16"
+
+
+def _rows(encoder):
+    cases = list(FIXED_CASES) + random_cases(seed=3, n_cases=4)
+    return [r for c in cases for r in encoder.encode(c.query, c.passages, "END")]
+
+
+@pytest.mark.parametrize("variant,atol", [("tiny_onnx_fp32", 1e-4), ("tiny_onnx_fp16", 5e-2)])
+def test_onnxruntime_matches_reference(request, variant, atol, tiny_model, encoder):
+    session = ort_session(request.getfixturevalue(variant))
+    rows = _rows(encoder)
+    batch = rp.left_pad(rows)
+    out = session.run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})[0]
+    assert out.shape == (len(rows), 1) and out.dtype == np.float32
+    with torch.no_grad():
+        ref = tiny_model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
+    np.testing.assert_allclose(out, ref, atol=atol)
+
+
+def test_dynamic_axes_accept_other_shapes(tiny_onnx_fp32):
+    session = ort_session(tiny_onnx_fp32)
+    for batch, seq in [(1, 1), (3, 7), (5, 300)]:
+        ids = np.full((batch, seq), 1000, dtype=np.int32)
+        out = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+        assert out.shape == (batch, 1)
+
+
+def test_external_data_layout(tiny_checkpoint, tmp_path, tiny_onnx_fp32):
+    path = export_onnx(tiny_checkpoint, tmp_path / "ext", dtype="fp32", external_data=True)
+    assert (path.parent / EXTERNAL_DATA_FILE).stat().st_size > path.stat().st_size
+    onnx.checker.check_model(str(path))
+    ids = np.array([[rp.BOS_ID, 7998, 25, 80]], dtype=np.int32)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    np.testing.assert_allclose(ort_session(path).run(None, feeds)[0],
+                               ort_session(tiny_onnx_fp32).run(None, feeds)[0], atol=1e-6)
+
+
+def test_rejects_unknown_dtype(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="fp32 and fp16"):
+        export_onnx(tiny_checkpoint, tmp_path / "x", dtype="int4")
