@@ -61,6 +61,14 @@ class TruncateValueError(RerankInputError):
     """``truncate`` is neither ``NONE`` nor ``END``."""
 
 
+class DistinctQueriesError(RerankInputError):
+    """The rows of one request carry different queries (NIM: one query per request)."""
+
+
+class RequestTooLargeError(RerankInputError):
+    """Too many rows, or too many padded tokens, for one request."""
+
+
 class Truncate(str, enum.Enum):
     """NIM's truncation modes."""
 
@@ -176,6 +184,54 @@ class PaddedBatch:
     @property
     def padded_tokens(self) -> int:
         return int(self.input_ids.size)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Per-request limits the server enforces and publishes (clients split requests to fit)."""
+
+    max_rows: int = 512
+    max_tokens: int = 131072  # padded tokens: rows x bucket length
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+
+
+def single_query(queries: Sequence["str | bytes"]) -> "str | bytes":
+    """The one query of a request whose ``query`` tensor repeats it on every row."""
+    if len(queries) == 0:
+        raise RequestTooLargeError("request has no rows: send at least one passage")
+    first = queries[0]
+    distinct = len(set(queries))
+    if distinct > 1:
+        raise DistinctQueriesError(
+            f"all rows of 'query' must carry the same query; got {distinct} distinct queries in one request"
+        )
+    return first
+
+
+def encode_request(
+    encoder: PairEncoder,
+    queries: Sequence["str | bytes"],
+    passages: Sequence["str | bytes"],
+    truncate: "str | Truncate | None",
+    limits: RequestLimits,
+    pad_id: int = EOS_ID,
+) -> PaddedBatch:
+    """Validate one request and return its rows left-padded to a length bucket."""
+    if len(queries) != len(passages):
+        raise RequestTooLargeError(f"'query' has {len(queries)} rows but 'passage' has {len(passages)}")
+    query = single_query(queries)
+    if len(passages) > limits.max_rows:
+        raise RequestTooLargeError(
+            f"request has {len(passages)} passages, more than the limit of {limits.max_rows} per request"
+        )
+    rows = encoder.encode(query, passages, truncate)
+    width = choose_bucket(max(len(r) for r in rows), limits.buckets)
+    if len(rows) * width > limits.max_tokens:
+        raise RequestTooLargeError(
+            f"request needs {len(rows)} x {width} = {len(rows) * width} padded tokens, more than the limit of "
+            f"{limits.max_tokens} per request; send fewer or shorter passages per request"
+        )
+    return left_pad(rows, pad_id=pad_id, length=width)
 
 
 def choose_bucket(length: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:

@@ -56,3 +56,38 @@ def tiny_model(tiny_checkpoint: Path):
     from rerank_build.checkpoint import load_reranker
 
     return load_reranker(tiny_checkpoint)
+
+
+# --- a real tritonserver on the tiny CPU repository -------------------------------------------
+
+#: Small limits so that every limit can be hit cheaply in tests.
+TEST_LIMITS = dict(max_rows=64, engine_max_batch_size=64, max_request_tokens=16384,
+                   preferred_batch_sizes=(4, 8, 16), tokenizer_instances=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tiny_checkpoint: Path, tiny_onnx_fp32: Path, artifacts: Path) -> Path:
+    from rerank_build.repository import RepositorySettings, build_repository
+
+    return build_repository(tiny_checkpoint, artifacts / "repo-tiny", RepositorySettings(**TEST_LIMITS),
+                            onnx=tiny_onnx_fp32)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repository: Path, artifacts: Path):
+    from rerank_build.server import TritonServer
+
+    log = artifacts / "tritonserver.log"
+    srv = TritonServer(tiny_repository, log_path=log)
+    try:
+        srv.start(timeout_s=180)
+    except Exception:
+        print(log.read_text()[-5000:] if log.exists() else "no log")
+        raise
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def protocol(request) -> str:
+    return request.param

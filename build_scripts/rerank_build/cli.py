@@ -33,6 +33,31 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                        args.tolerance, args.random_queries, args.seed, args.batch_size)
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_repository(args: argparse.Namespace) -> int:
+    from .repository import RepositorySettings, build_repository
+
+    overrides = {k: v for k, v in vars(args).items() if k in RepositorySettings.__dataclass_fields__ and v is not None}
+    settings = RepositorySettings(**overrides)
+    print(build_repository(args.checkpoint, args.out, settings, onnx=args.onnx, engine=args.engine,
+                           force=args.force, reuse=args.reuse))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Ports, exec_server
+
+    exec_server(Path(args.repository), Ports(args.http_port, args.grpc_port, args.metrics_port), args.host,
+                args.log_verbose)
+    return 0  # not reached: exec replaces this process
+
+
 def _cmd_full_check(args: argparse.Namespace) -> int:
     from .full_check import run_full_check
 
@@ -70,6 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=0, help="rows per ONNX batch (0: one batch per query)")
     p.set_defaults(func=_cmd_parity)
 
+    p = sub.add_parser("repository", help="assemble a deployable Triton model repository")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
+    p.add_argument("--target", choices=["cpu", "gpu"], required=True)
+    p.add_argument("--out", type=Path, default=Path("build/model_repository"))
+    p.add_argument("--onnx", help="cpu: an exported model.onnx (default: export fp32 from the checkpoint)")
+    p.add_argument("--engine", help="gpu: a TensorRT plan built by `rerank-build engine`")
+    p.add_argument("--force", action="store_true", help="replace OUT even if rerank-build did not write it")
+    p.add_argument("--reuse", action="store_true", help="keep OUT when built from the same sources and settings")
+    p.add_argument("--ensemble-name", dest="ensemble_name")
+    p.add_argument("--max-rows", dest="max_rows", type=int, help="passages per request (ensemble max_batch_size)")
+    p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int)
+    p.add_argument("--buckets", type=_int_list, help="padded lengths, e.g. 64,128,256,512")
+    p.add_argument("--max-request-tokens", dest="max_request_tokens", type=int, help="padded tokens per request")
+    p.add_argument("--tokenizer-instances", dest="tokenizer_instances", type=int)
+    p.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)
+    p.add_argument("--engine-max-batch-size", dest="engine_max_batch_size", type=int)
+    p.add_argument("--preferred-batch-sizes", dest="preferred_batch_sizes", type=_int_list)
+    p.add_argument("--max-queue-delay-us", dest="max_queue_delay_us", type=int)
+    p.add_argument("--max-queue-size", dest="max_queue_size", type=int)
+    p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: ONNX Runtime instances")
+    p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")
+    p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)
+    p.add_argument("--gpus", type=_int_list, help="gpu: device ids, e.g. 0,1")
+    p.add_argument("--instances-per-gpu", dest="instances_per_gpu", type=int)
+    p.set_defaults(func=_cmd_repository)
+
+    p = sub.add_parser("serve", help="run tritonserver (foreground) on an assembled repository")
+    p.add_argument("--repository", default="build/model_repository")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("full-check", help="full-size preset: checkpoint -> ONNX (external data) -> parity")
     p.add_argument("--workdir", default="build/full-check")
     p.add_argument("--seed", type=int, default=0)
@@ -86,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, NotADirectoryError, ValueError, NotImplementedError) as exc:
+    except (FileNotFoundError, NotADirectoryError, ValueError, NotImplementedError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 2
 

@@ -140,7 +140,7 @@ def onnx_scorer(onnx_path: str | Path, batch_size: int = 0) -> Scorer:
 
 def endpoint_scorer(url: str, protocol: str = "grpc", model_name: str | None = None) -> Scorer:
     """A served ensemble (NIM's gRPC/KServe contract) through tritonclient."""
-    from .serving_client import DEFAULT_ENSEMBLE_NAME, infer_once
+    from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
 
     name = model_name or DEFAULT_ENSEMBLE_NAME
 

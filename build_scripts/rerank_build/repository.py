@@ -1,0 +1,266 @@
+"""Assemble a deployable Triton model repository from the templates in ``model_repository/``.
+
+The fill step substitutes ``${name}`` placeholders (every one documented in the README's table),
+copies each model's ``1/`` files, the shared ``rerank_prompt.py``, the tokenizer files and the
+engine artefact (ONNX for ``cpu``, a TensorRT plan for ``gpu``), then parses every generated
+``config.pbtxt`` into Triton's ModelConfig protobuf. The result imports nothing from this checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import string
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import rerank_prompt
+from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME
+from rerank_prompt import DEFAULT_BUCKETS, DEFAULT_MAX_LENGTH, EOS_ID
+
+from .tokenizer_files import copy_tokenizer_files
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+MARKER = ".rerank-repository.json"
+TARGETS = ("cpu", "gpu")
+ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt"}
+#: deployed model name -> template folder (the engine's depends on the target).
+MODELS = ("tokenizer", "engine", "postprocess")
+
+
+class RepositoryError(ValueError):
+    """Settings or artefacts that cannot make a valid repository."""
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """Every template parameter; the README's table documents each one."""
+
+    target: str = "cpu"
+    ensemble_name: str = DEFAULT_ENSEMBLE_NAME
+    max_rows: int = 512
+    max_sequence_length: int = DEFAULT_MAX_LENGTH
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    max_request_tokens: int = 131072
+    pad_id: int = EOS_ID
+    tokenizer_instances: int = 2
+    postprocess_instances: int = 1
+    engine_max_batch_size: int = 512
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    max_queue_delay_us: int = 100
+    max_queue_size: int = 256
+    # cpu target
+    engine_instances: int = 1
+    ort_threads: int = 0
+    engine_tokens_per_run: int = 16384
+    # gpu target
+    gpus: tuple[int, ...] = (0,)
+    instances_per_gpu: int = 1
+    profiles: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.target not in TARGETS:
+            problems.append(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.ensemble_name):
+            problems.append(f"ensemble name {self.ensemble_name!r} may hold only letters, digits, '_', '.', '-'")
+        if self.ensemble_name in MODELS:
+            problems.append(f"ensemble name {self.ensemble_name!r} collides with a composing model")
+        for name in ("max_rows", "max_sequence_length", "max_request_tokens", "tokenizer_instances",
+                     "postprocess_instances", "engine_max_batch_size", "engine_instances", "instances_per_gpu",
+                     "engine_tokens_per_run", "max_queue_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue_delay_us < 0 or self.ort_threads < 0:
+            problems.append("max_queue_delay_us and ort_threads must not be negative")
+        if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1:
+            problems.append(f"buckets must be increasing positive lengths, got {list(self.buckets)}")
+        elif self.buckets[-1] < self.max_sequence_length:
+            problems.append(f"the longest bucket ({self.buckets[-1]}) must hold max_sequence_length "
+                            f"({self.max_sequence_length})")
+        if self.engine_max_batch_size < self.max_rows:
+            problems.append(f"engine_max_batch_size ({self.engine_max_batch_size}) must be >= max_rows "
+                            f"({self.max_rows}): a full request must fit the engine in one batch")
+        if any(b < 1 or b > self.engine_max_batch_size for b in self.preferred_batch_sizes):
+            problems.append(f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must lie in "
+                            f"1..engine_max_batch_size ({self.engine_max_batch_size})")
+        if self.buckets and self.max_request_tokens < self.buckets[-1]:
+            problems.append(f"max_request_tokens ({self.max_request_tokens}) cannot hold one pair of the longest "
+                            f"bucket ({self.buckets[-1]})")
+        if not self.gpus or any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            problems.append(f"gpus must be distinct device ids, got {list(self.gpus)}")
+        if problems:
+            raise RepositoryError("; ".join(problems))
+
+    def template_values(self) -> dict[str, str]:
+        """The ``${name}`` substitutions."""
+        values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        values["buckets"] = ",".join(map(str, self.buckets))
+        values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
+        values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, self.profiles)
+        for name in ("gpus", "profiles"):
+            values.pop(name)
+        return values
+
+
+def instance_groups(gpus: tuple[int, ...], per_gpu: int, profiles: tuple[int, ...]) -> str:
+    """One KIND_GPU group per device; every group lists every profile (else only profile 0 is used)."""
+    listed = ", ".join(f'"{p}"' for p in profiles)
+    return ",\n".join(
+        f"  {{ count: {per_gpu} kind: KIND_GPU gpus: [ {gpu} ] profile: [ {listed} ] }}" for gpu in gpus
+    )
+
+
+def fill(template: str, values: dict[str, str], source: str = "template") -> str:
+    """Substitute every placeholder; a missing value is an error, never an empty string."""
+    try:
+        return string.Template(template).substitute(values)
+    except KeyError as exc:
+        raise RepositoryError(f"{source}: no value for placeholder ${{{exc.args[0]}}}") from None
+
+
+def placeholders(template: str) -> set[str]:
+    return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(template)
+            if m.group("named") or m.group("braced")}
+
+
+def parse_config(text: str, source: str) -> Any:
+    """Parse into Triton's ModelConfig protobuf; raises RepositoryError naming the file."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{source} is not a valid Triton model config: {exc}") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link big artefacts when on the same filesystem; copy otherwise."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file() and not force:
+            raise RepositoryError(f"{out} exists and is not a repository written by rerank-build; use --force")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_model(out: Path, deployed: str, template_dir: str, values: dict[str, str]) -> Path:
+    src = TEMPLATES / template_dir
+    dst = out / deployed
+    (dst / "1").mkdir(parents=True, exist_ok=True)
+    text = fill((src / "config.pbtxt").read_text(), values, f"{template_dir}/config.pbtxt")
+    parse_config(text, f"{deployed}/config.pbtxt")
+    (dst / "config.pbtxt").write_text(text)
+    if (src / "1").is_dir():
+        for item in (src / "1").iterdir():
+            if item.is_file() and item.suffix == ".py":
+                shutil.copy2(item, dst / "1" / item.name)
+    return dst / "1"
+
+
+def _source_signature(checkpoint: str, onnx: str | None, engine: str | None, settings: RepositorySettings) -> dict:
+    def stamp(path: str | None) -> Any:
+        if not path:
+            return None
+        p = Path(path)
+        return {"path": str(p.resolve()), "mtime": p.stat().st_mtime} if p.exists() else str(path)
+
+    return {"checkpoint": stamp(checkpoint), "onnx": stamp(onnx), "engine": stamp(engine),
+            "settings": asdict(settings)}
+
+
+def is_current(out: Path, signature: dict) -> bool:
+    """True when ``out`` was written from the same sources and settings (``--reuse``)."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("signature") == json.loads(json.dumps(signature))
+
+
+def build_repository(
+    checkpoint: str | Path,
+    out: str | Path,
+    settings: RepositorySettings,
+    onnx: str | Path | None = None,
+    engine: str | Path | None = None,
+    force: bool = False,
+    reuse: bool = False,
+) -> Path:
+    """Write a complete repository under ``out``; returns ``out``."""
+    from .checkpoint import resolve_checkpoint
+
+    out = Path(out)
+    ckpt_dir = resolve_checkpoint(checkpoint)
+    signature = _source_signature(str(ckpt_dir), str(onnx) if onnx else None, str(engine) if engine else None,
+                                  settings)
+    if reuse and is_current(out, signature):
+        logger.info("repository %s is current; reusing it", out)
+        return out
+    if settings.target == "gpu" and not engine:
+        raise RepositoryError("the gpu target needs --engine (a TensorRT plan built by `rerank-build engine`)")
+    if settings.target == "cpu" and engine:
+        raise RepositoryError("--engine is a TensorRT plan, for --target gpu; the cpu target serves ONNX")
+    values = settings.template_values()
+    gpu_meta = None
+    if settings.target == "gpu":
+        from .engine_plan import check_engine_for_repository
+
+        gpu_meta = check_engine_for_repository(Path(engine), settings)  # type: ignore[arg-type]
+    _prepare_out(out, force)
+
+    tok_dir = _write_model(out, "tokenizer", "tokenizer", values)
+    shutil.copy2(rerank_prompt.__file__, tok_dir / "rerank_prompt.py")
+    copy_tokenizer_files(ckpt_dir, tok_dir)
+
+    engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
+    if settings.target == "cpu":
+        _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
+    else:
+        _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
+        (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
+
+    _write_model(out, "postprocess", "postprocess", values)
+    _write_model(out, settings.ensemble_name, "ensemble", values)
+    (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
+    logger.info("wrote %s repository to %s", settings.target, out)
+    return out
+
+
+def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
+    from .export_onnx import EXTERNAL_DATA_FILE, export_onnx
+
+    if onnx is None:
+        logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
+        export_onnx(ckpt_dir, engine_dir, dtype="fp32")
+        for extra in engine_dir.iterdir():
+            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", "export_meta.json"):
+                extra.unlink()
+        return
+    if not onnx.is_file():
+        raise RepositoryError(f"--onnx {onnx} does not exist")
+    _link_or_copy(onnx, engine_dir / "model.onnx")
+    data = onnx.with_name(EXTERNAL_DATA_FILE)
+    if data.is_file():
+        _link_or_copy(data, engine_dir / EXTERNAL_DATA_FILE)
+    if onnx.with_name("export_meta.json").is_file():
+        shutil.copy2(onnx.with_name("export_meta.json"), engine_dir / "export_meta.json")
+
+
+def template_parameters() -> dict[str, set[str]]:
+    """Placeholders used by each template folder (the docs table must cover them all)."""
+    return {d.name: placeholders((d / "config.pbtxt").read_text())
+            for d in sorted(TEMPLATES.iterdir()) if (d / "config.pbtxt").is_file()}

@@ -1,0 +1,214 @@
+"""Run a real ``tritonserver`` on CPU: the binary shipped in the ``nvidia-pytriton`` wheel.
+
+Quirks handled here (measured, see ../shared/TRITON_NOTES.md):
+- the python-backend stub must sit in that package's ``tritonserver/backends/python/`` (its RPATH
+  is relative), so we copy the one for this interpreter's version there once;
+- python models see the venv's packages only when the venv's ``bin`` is first on ``PATH``;
+- a venv built from another interpreter than the system libpython needs that interpreter's
+  ``LIBDIR`` on ``LD_LIBRARY_PATH``.
+:class:`TritonServer` starts the server in its own process group and always kills the whole
+group on exit, so tests never leave a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be found, started or reached."""
+
+
+def pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:  # pragma: no cover - pinned dependency
+        raise ServerError("nvidia-pytriton is not installed: run `make setup`") from exc
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def tritonserver_binary() -> Path:
+    binary = pytriton_root() / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise ServerError(f"no tritonserver binary at {binary}")
+    return binary
+
+
+def backend_directory() -> Path:
+    return pytriton_root() / "backends"
+
+
+def ensure_python_stub() -> Path:
+    """Copy the python-backend stub for this interpreter next to libtriton_python.so (idempotent)."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    src = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    dst = root / "backends" / "python" / "triton_python_backend_stub"
+    if not src.is_file():
+        raise ServerError(f"nvidia-pytriton ships no python-backend stub for Python {version}")
+    if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
+        shutil.copy2(src, dst)
+        logger.info("installed the python-backend stub for Python %s", version)
+    return dst
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment in which the python models see this venv's packages."""
+    env = dict(os.environ if base is None else base)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin] + [p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin])
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, env.get("LD_LIBRARY_PATH", "")]))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.pop("PYTHONPATH", None)  # ignored by the stub anyway; keep the models honest
+    return env
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int = 8000
+    grpc: int = 8001
+    metrics: int = 8002
+
+
+def free_ports(n: int = 3) -> list[int]:
+    """Ports the OS considers free right now (bound together so they differ)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def server_command(repository: Path, ports: Ports, host: str = "127.0.0.1", log_verbose: int = 0,
+                   extra: list[str] | None = None) -> list[str]:
+    return [
+        str(tritonserver_binary()),
+        f"--model-repository={repository}",
+        f"--backend-directory={backend_directory()}",
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-address={host}", f"--http-port={ports.http}",
+        f"--grpc-address={host}", f"--grpc-port={ports.grpc}",
+        f"--metrics-address={host}", f"--metrics-port={ports.metrics}",
+        "--allow-gpu-metrics=false",
+        f"--log-verbose={log_verbose}",
+        *(extra or []),
+    ]
+
+
+class TritonServer:
+    """A tritonserver child process; a context manager that always cleans up its process group."""
+
+    def __init__(self, repository: str | Path, ports: Ports | None = None, host: str = "127.0.0.1",
+                 log_path: str | Path | None = None, extra_args: list[str] | None = None) -> None:
+        self.repository = Path(repository).resolve()
+        self.ports = ports or Ports(*free_ports(3))
+        self.host = host
+        self.log_path = Path(log_path) if log_path else None
+        self.extra_args = extra_args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.ports.grpc}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.ports.http}"
+
+    def url(self, protocol: str) -> str:
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
+    def start(self, timeout_s: float = 120.0) -> "TritonServer":
+        ensure_python_stub()
+        cmd = server_command(self.repository, self.ports, self.host, extra=self.extra_args)
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        logger.info("starting tritonserver on http %d / grpc %d", self.ports.http, self.ports.grpc)
+        self.process = subprocess.Popen(cmd, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        if log is not subprocess.DEVNULL:
+            log.close()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.http as httpclient
+
+        deadline = time.monotonic() + timeout_s
+        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=2.0)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise ServerError(f"tritonserver exited with code {self.process.returncode} while starting"
+                                      + (f"; see {self.log_path}" if self.log_path else ""))
+                with contextlib.suppress(Exception):
+                    if client.is_server_ready():
+                        return
+                time.sleep(0.25)
+        finally:
+            client.close()
+        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left (stubs included)."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("tritonserver did not stop in %.0fs; killing it", timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return True
+
+
+def exec_server(repository: Path, ports: Ports, host: str, log_verbose: int = 0) -> None:
+    """Replace this process with tritonserver (foreground, signals go straight to it)."""
+    if not (repository / ".rerank-repository.json").is_file() and not any(repository.glob("*/config.pbtxt")):
+        raise ServerError(f"{repository} holds no model repository: run `rerank-build repository` first")
+    ensure_python_stub()
+    cmd = server_command(repository.resolve(), ports, host, log_verbose)
+    logger.info("exec %s", " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, server_env())

@@ -1,0 +1,86 @@
+"""NIM's tensor contract over tritonclient (gRPC and HTTP): build a request, parse a response.
+
+Inputs ``query`` and ``passage`` [N, 1] BYTES (the query repeated on every row), request parameter
+``truncate``; outputs ``index`` INT32, ``logit`` FP32 and ``token_count`` INT32, each [N, 1], sorted
+by logit descending. Everything else in the client builds on these few functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_ENSEMBLE_NAME = "nvidia_llama_3_2_nv_rerankqa_1b_v2"
+OUTPUTS = ("index", "logit", "token_count")
+
+
+@dataclass(frozen=True)
+class RawResult:
+    """One response, in the server's order (best first)."""
+
+    index: np.ndarray  # int32 [N], positions in the request
+    logit: np.ndarray  # float32 [N]
+    token_count: np.ndarray  # int32 [N]
+
+
+def protocol_module(protocol: str) -> Any:
+    """``tritonclient.grpc`` or ``tritonclient.http``."""
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    elif protocol == "http":
+        import tritonclient.http as module
+    else:
+        raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+    return module
+
+
+def _as_bytes(text: "str | bytes") -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8")
+
+
+def build_inputs(module: Any, query: "str | bytes", passages: Sequence["str | bytes"]) -> list:
+    """``query`` and ``passage`` InferInputs, [N, 1] BYTES each."""
+    rows = len(passages)
+    q = np.full((rows, 1), _as_bytes(query), dtype=object)
+    p = np.array([_as_bytes(x) for x in passages], dtype=object).reshape(rows, 1)
+    inputs = [module.InferInput("query", [rows, 1], "BYTES"), module.InferInput("passage", [rows, 1], "BYTES")]
+    inputs[0].set_data_from_numpy(q)
+    inputs[1].set_data_from_numpy(p)
+    return inputs
+
+
+def build_outputs(module: Any) -> list:
+    return [module.InferRequestedOutput(name) for name in OUTPUTS]
+
+
+def request_parameters(truncate: str | None) -> dict[str, str] | None:
+    return {"truncate": truncate} if truncate is not None else None
+
+
+def parse_result(result: Any) -> RawResult:
+    """A tritonclient InferResult (either protocol) as flat numpy arrays."""
+    index, logit, count = (result.as_numpy(name) for name in OUTPUTS)
+    return RawResult(index.reshape(-1).astype(np.int32), logit.reshape(-1).astype(np.float32),
+                     count.reshape(-1).astype(np.int32))
+
+
+def infer_once(url: str, protocol: str, model_name: str, query: "str | bytes",
+               passages: Sequence["str | bytes"], truncate: str | None = None,
+               timeout_s: float | None = None) -> RawResult:
+    """One request on a fresh connection: for tools and tests, not for hot paths."""
+    module = protocol_module(protocol)
+    kwargs: dict[str, Any] = {"parameters": request_parameters(truncate)}
+    if protocol == "http":
+        client = module.InferenceServerClient(url, connection_timeout=timeout_s or 60.0,
+                                              network_timeout=timeout_s or 60.0)
+    else:
+        client = module.InferenceServerClient(url)
+        kwargs["client_timeout"] = timeout_s
+    try:
+        result = client.infer(model_name, build_inputs(module, query, passages),
+                              outputs=build_outputs(module), **kwargs)
+        return parse_result(result)
+    finally:
+        client.close()

@@ -1,0 +1,55 @@
+"""Tokenizer step: one request in, its rows left-padded to a length bucket out.
+
+All rules (template, BOS, truncation, limits, errors) live in ``rerank_prompt.py``, which the
+repository assembly copies beside this file. Bad input answers INVALID_ARGUMENT for that request
+only; nothing reaches the engine's batch.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import rerank_prompt as rp
+
+
+def _parameters(model_config: dict) -> dict:
+    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+
+
+def _truncate(request) -> str:
+    params = json.loads(request.parameters() or "{}")
+    return params.get("truncate", "NONE")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = _parameters(json.loads(args["model_config"]))
+        here = os.path.join(args["model_repository"], args["model_version"])
+        tokenizer = rp.load_tokenizer(os.path.join(here, "tokenizer.json"))
+        self.encoder = rp.PairEncoder(tokenizer, max_length=int(params["max_sequence_length"]))
+        self.limits = rp.RequestLimits(
+            max_rows=int(json.loads(args["model_config"])["max_batch_size"]),
+            max_tokens=int(params["max_tokens_per_request"]),
+            buckets=tuple(int(b) for b in params["length_buckets"].split(",")),
+        )
+        self.pad_id = int(params["pad_id"])
+
+    def execute(self, requests):
+        return [self._tokenize(request) for request in requests]
+
+    def _tokenize(self, request):
+        try:
+            queries = pb_utils.get_input_tensor_by_name(request, "query").as_numpy().reshape(-1)
+            passages = pb_utils.get_input_tensor_by_name(request, "passage").as_numpy().reshape(-1)
+            batch = rp.encode_request(
+                self.encoder, list(queries), list(passages), _truncate(request), self.limits, self.pad_id
+            )
+        except rp.RerankInputError as exc:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("INPUT_IDS", batch.input_ids),
+            pb_utils.Tensor("ATTENTION_MASK", batch.attention_mask),
+            pb_utils.Tensor("TOKEN_COUNTS", batch.token_counts.reshape(-1, 1).astype(np.int32)),
+        ])

@@ -1,0 +1,203 @@
+"""The ensemble on a real tritonserver, over gRPC and HTTP: scores, NIM's contract, bad input,
+batching. The server runs the tiny CPU repository (tokenizer -> ONNX Runtime engine -> postprocess)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import rerank_prompt as rp
+from rerank_build.parity import endpoint_scorer, reference_scorer, run_parity
+from rerank_build.textgen import FIXED_CASES, random_cases
+from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
+
+from conftest import TEST_LIMITS
+from triton_helpers import client, expect_invalid, infer_raw, texts
+
+pytestmark = pytest.mark.server
+
+QUERY = "how much protein should a female eat?"
+GOOD = list(FIXED_CASES[0].passages)
+
+
+def assert_still_serving(server, protocol: str) -> None:
+    c = client(server, protocol)
+    try:
+        assert c.is_server_ready() and c.is_model_ready(DEFAULT_ENSEMBLE_NAME)
+    finally:
+        c.close()
+    result = infer_once(server.url(protocol), protocol, DEFAULT_ENSEMBLE_NAME, QUERY, GOOD)
+    assert sorted(result.index.tolist()) == [0, 1, 2]
+
+
+def test_scores_equal_reference(server, protocol, tiny_checkpoint):
+    cases = [(f"fixed{i:02d}", c) for i, c in enumerate(FIXED_CASES)]
+    cases += [(f"rand{i:02d}", c) for i, c in enumerate(random_cases(seed=7, n_cases=6))]
+    report = run_parity(tiny_checkpoint, reference_scorer(tiny_checkpoint),
+                        endpoint_scorer(server.url(protocol), protocol), 1e-4, cases)
+    print("\n".join(report.lines()))
+    assert report.passed, "\n".join(report.lines())
+    assert all(r.tokens_match for r in report.results)
+
+
+def test_output_contract(server, protocol, encoder):
+    result = infer_raw(server, protocol, {"query": texts([QUERY] * 3), "passage": texts(GOOD)})
+    for name, dtype in (("index", np.int32), ("logit", np.float32), ("token_count", np.int32)):
+        array = result.as_numpy(name)
+        assert array.shape == (3, 1) and array.dtype == dtype, name
+    index = result.as_numpy("index")[:, 0]
+    logit = result.as_numpy("logit")[:, 0]
+    counts = result.as_numpy("token_count")[:, 0]
+    assert sorted(index.tolist()) == [0, 1, 2]
+    assert np.all(np.diff(logit) <= 0), "rows must be sorted by logit, descending"
+    expected = [len(r) for r in encoder.encode(QUERY, GOOD)]
+    assert counts.tolist() == [expected[i] for i in index]
+
+
+def test_ties_keep_request_order(server, protocol):
+    result = infer_once(server.url(protocol), protocol, DEFAULT_ENSEMBLE_NAME, "q", ["same", "other", "same", "same"])
+    same = [i for i in result.index.tolist() if i != 1]
+    assert same == [0, 2, 3]
+
+
+def test_model_metadata_and_published_limits(server, protocol):
+    c = client(server, protocol)
+    try:
+        meta = c.get_model_metadata(DEFAULT_ENSEMBLE_NAME)
+        config = c.get_model_config(DEFAULT_ENSEMBLE_NAME)
+    finally:
+        c.close()
+    if protocol == "grpc":
+        inputs = {t.name: t.datatype for t in meta.inputs}
+        outputs = {t.name: t.datatype for t in meta.outputs}
+        params = {k: v.string_value for k, v in config.config.parameters.items()}
+        max_batch = config.config.max_batch_size
+    else:
+        inputs = {t["name"]: t["datatype"] for t in meta["inputs"]}
+        outputs = {t["name"]: t["datatype"] for t in meta["outputs"]}
+        params = {k: v["string_value"] for k, v in config["parameters"].items()}
+        max_batch = config["max_batch_size"]
+    assert inputs == {"query": "BYTES", "passage": "BYTES"}
+    assert outputs == {"index": "INT32", "logit": "FP32", "token_count": "INT32"}
+    assert max_batch == TEST_LIMITS["max_rows"]
+    assert params["max_rows_per_request"] == str(TEST_LIMITS["max_rows"])
+    assert params["max_tokens_per_request"] == str(TEST_LIMITS["max_request_tokens"])
+    assert params["max_sequence_length"] == "8192"
+
+
+LONG = "hello world " * 5000  # ~10,000 tokens
+
+
+def test_truncate_end_cuts_to_8192(server, protocol):
+    result = infer_once(server.url(protocol), protocol, DEFAULT_ENSEMBLE_NAME, QUERY, ["short", LONG], truncate="END")
+    counts = dict(zip(result.index.tolist(), result.token_count.tolist()))
+    assert counts[1] == 8192 and counts[0] < 30
+
+
+@pytest.mark.parametrize("truncate", [None, "NONE"])
+def test_truncate_none_rejects_the_whole_request(server, protocol, truncate, encoder):
+    n = len(rp.PairEncoder(encoder.tokenizer, max_length=10**9).encode(QUERY, [LONG])[0])
+    params = {"truncate": truncate} if truncate else None
+    message = expect_invalid(server, protocol, {"query": texts([QUERY] * 2), "passage": texts(["short", LONG])}, params)
+    assert f"Input length {n} exceeds maximum allowed token size 8192" in message
+    assert_still_serving(server, protocol)
+
+
+BAD_REQUESTS = {
+    "distinct queries": ({"query": texts(["a", "b"]), "passage": texts(["x", "y"])}, None, "same query"),
+    "empty query": ({"query": texts([""]), "passage": texts(["x"])}, None, "query is empty"),
+    "empty passage": ({"query": texts(["q", "q"]), "passage": texts(["x", ""])}, None, "passage 1 is empty"),
+    "non-UTF-8 passage": ({"query": texts(["q"]), "passage": texts([b"\xc3\x28"])}, None, "passage 0 is not valid UTF-8"),
+    "non-UTF-8 query": ({"query": texts([b"\xff"]), "passage": texts(["x"])}, None, "query is not valid UTF-8"),
+    "unknown truncate": ({"query": texts(["q"]), "passage": texts(["x"])}, {"truncate": "MIDDLE"}, "truncate"),
+    "too many rows": ({"query": texts(["q"] * 65), "passage": texts(["x"] * 65)}, None, "batch-size must be <= 64"),
+    "too many tokens": ({"query": texts(["q"] * 40), "passage": texts(["word " * 300] * 40)}, None,
+                        "padded tokens, more than the limit of 16384"),
+    "1-D passage": ({"query": texts(["q"]), "passage": np.array([b"x"], dtype=object)}, None, "passage"),
+    "two columns": ({"query": texts(["q", "q"], rows=1), "passage": texts(["x", "y"], rows=1)}, None, "shape"),
+    "int query": ({"query": np.array([[1]], dtype=np.int32), "passage": texts(["x"])}, None, "data-type is 'INT32'"),
+    "missing passage": ({"query": texts(["q"])}, None, "passage"),
+    "row mismatch": ({"query": texts(["q"] * 2), "passage": texts(["x"] * 3)}, None, "batch"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_invalid_argument_and_server_keeps_serving(server, protocol, case):
+    inputs, params, fragment = BAD_REQUESTS[case]
+    message = expect_invalid(server, protocol, inputs, params)
+    assert fragment.lower() in message.lower(), message
+    assert_still_serving(server, protocol)
+
+
+def test_bad_requests_do_not_hurt_concurrent_good_ones(server, tiny_model, encoder):
+    import torch
+
+    batch = rp.left_pad(encoder.encode(QUERY, GOOD))
+    with torch.no_grad():
+        expected = tiny_model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))[:, 0].numpy()
+    errors, goods = [], []
+
+    def good():
+        r = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, QUERY, GOOD)
+        logits = np.empty(3, dtype=np.float32)
+        logits[r.index] = r.logit
+        goods.append(logits)
+
+    def bad():
+        try:
+            infer_once(server.http_url, "http", DEFAULT_ENSEMBLE_NAME, QUERY, ["x", b"\xff"])
+        except Exception as exc:  # expected
+            errors.append(exc)
+
+    threads = [threading.Thread(target=good if i % 2 else bad) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(errors) == 12 and len(goods) == 12
+    for logits in goods:
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def _engine_stats(server) -> tuple[int, int]:
+    c = client(server, "grpc")
+    try:
+        stats = c.get_inference_statistics("engine").model_stats[0]
+    finally:
+        c.close()
+    return stats.inference_count, stats.execution_count
+
+
+def test_concurrent_clients_are_batched_on_the_engine(server):
+    before_inf, before_exec = _engine_stats(server)
+    passages = [f"passage number {i} about protein" for i in range(4)]
+
+    def worker(n: int) -> None:
+        proto = "grpc" if n % 2 else "http"
+        for _ in range(15):
+            infer_once(server.url(proto), proto, DEFAULT_ENSEMBLE_NAME, QUERY, passages)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    inferences, executions = _engine_stats(server)
+    inferences, executions = inferences - before_inf, executions - before_exec
+    print(f"engine: {inferences} inferences (rows) in {executions} executions")
+    assert inferences == 8 * 15 * 4
+    assert executions < 8 * 15, "the dynamic batcher never merged requests"
+
+
+def test_model_control_is_off(server):
+    from tritonclient.utils import InferenceServerException
+
+    c = client(server, "http")
+    try:
+        with pytest.raises(InferenceServerException):
+            c.unload_model("engine")
+        assert c.is_model_ready("engine")
+    finally:
+        c.close()

@@ -1,0 +1,48 @@
+"""Raw tritonclient helpers for server tests (any shape, any dtype, either protocol)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, protocol_module
+
+INVALID = {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}
+
+
+def client(server, protocol: str):
+    return protocol_module(protocol).InferenceServerClient(server.url(protocol))
+
+
+def tensor(module: Any, name: str, array: np.ndarray, dtype: str | None = None):
+    dtype = dtype or ("BYTES" if array.dtype == object else {"int32": "INT32", "float32": "FP32"}[str(array.dtype)])
+    inp = module.InferInput(name, list(array.shape), dtype)
+    inp.set_data_from_numpy(array)
+    return inp
+
+
+def texts(values: list, rows: int | None = None) -> np.ndarray:
+    arr = np.array([v if isinstance(v, bytes) else v.encode() for v in values], dtype=object)
+    return arr.reshape(-1, 1) if rows is None else arr.reshape(rows, -1)
+
+
+def infer_raw(server, protocol: str, inputs: dict[str, np.ndarray], parameters: dict | None = None,
+              model: str = DEFAULT_ENSEMBLE_NAME):
+    module = protocol_module(protocol)
+    c = client(server, protocol)
+    try:
+        return c.infer(model, [tensor(module, k, v) for k, v in inputs.items()], parameters=parameters)
+    finally:
+        c.close()
+
+
+def expect_invalid(server, protocol: str, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> str:
+    """Send a bad request; assert INVALID_ARGUMENT / HTTP 400 and return the message."""
+    try:
+        infer_raw(server, protocol, inputs, parameters)
+    except InferenceServerException as exc:
+        assert str(exc.status()) == INVALID[protocol], (exc.status(), exc.message())
+        return exc.message()
+    raise AssertionError("the server accepted a bad request")
