@@ -12,7 +12,17 @@ PRESET ?= tiny
 SEED ?= 0
 BUILD := build
 
-.PHONY: setup test checkpoint onnx parity full-check clean lint
+# make serve: MODEL=<HF id or local checkpoint dir> serves a real checkpoint; empty = random `small`.
+MODEL ?=
+HOST ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+REPOSITORY ?= $(BUILD)/model_repository
+DEFAULT_CHECKPOINT := $(BUILD)/checkpoints/small
+SERVE_CHECKPOINT := $(if $(MODEL),$(MODEL),$(DEFAULT_CHECKPOINT))
+
+.PHONY: setup test serve repository checkpoint onnx parity full-check clean
 
 setup: $(STAMP)
 
@@ -24,6 +34,17 @@ $(STAMP): pyproject.toml requirements.lock
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+serve: repository
+	exec $(BIN)/rerank-build serve --repository $(REPOSITORY) --host $(HOST) \
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+# Builds what is missing: the default checkpoint (when MODEL is empty) and the CPU repository
+# (--reuse keeps one built from the same checkpoint and settings).
+repository: setup
+	@if [ -z "$(MODEL)" ] && [ ! -f $(DEFAULT_CHECKPOINT)/model.safetensors ]; then \
+		$(BIN)/rerank-build checkpoint --preset small --seed $(SEED) --out $(DEFAULT_CHECKPOINT); fi
+	$(BIN)/rerank-build repository --checkpoint $(SERVE_CHECKPOINT) --target cpu --out $(REPOSITORY) --reuse
 
 checkpoint: setup
 	$(BIN)/rerank-build checkpoint --preset $(PRESET) --seed $(SEED) --out $(BUILD)/checkpoints/$(PRESET)

@@ -201,3 +201,24 @@ def test_model_control_is_off(server):
         assert c.is_model_ready("engine")
     finally:
         c.close()
+
+
+def test_readme_curl_example(server):
+    """The README's KServe v2 JSON request, posted as curl would."""
+    import json
+    import re
+    import urllib.request
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = re.search(r"curl -s localhost:8000(\S+) -d '(\{.*?\})'", readme, flags=re.S)
+    assert body, "README lost its curl example"
+    path, payload = body.group(1), json.loads(body.group(2))
+    request = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert set(outputs) == {"index", "logit", "token_count"}
+    assert outputs["index"]["datatype"] == "INT32" and outputs["index"]["shape"] == [2, 1]
+    assert sorted(outputs["index"]["data"]) == [0, 1]

@@ -92,7 +92,9 @@ def load_reranker(
 
 def _init_weights(model: Reranker, generator: torch.Generator) -> None:
     """Weights that keep activations O(1) so that scores spread (0.02 init hides bugs)."""
-    for name, param in model.named_parameters():
+    from tqdm import tqdm
+
+    for name, param in tqdm(list(model.named_parameters()), desc="init weights", unit="tensor", leave=False):
         if name.endswith("embed_tokens.weight"):
             param.data.normal_(0.0, 1.0, generator=generator)
         elif "norm" in name:

@@ -169,9 +169,11 @@ def run_parity(
     cases: list[tuple[str, Case]],
     max_length: int = 8192,
 ) -> ParityReport:
+    from tqdm import tqdm
+
     encoder = PairEncoder(load_tokenizer(str(tokenizer_dir)), max_length=max_length)
     report = ParityReport(tolerance=tolerance)
-    for name, case in cases:
+    for name, case in tqdm(cases, desc="parity", unit="query", leave=False):
         rows = encoder.encode(case.query, case.passages, Truncate.END)
         ref, _ = reference(case.query, case.passages, rows)
         cand, counts = candidate(case.query, case.passages, rows)

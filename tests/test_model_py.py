@@ -1,0 +1,108 @@
+"""Unit tests of each model.py, loaded from an assembled repository with a faked pb_utils."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+import fake_pb_utils as pb
+import rerank_prompt as rp
+from rerank_build.repository import parse_config
+
+QUERY = b"how much protein should a female eat?"
+
+
+def load_model(repo, name: str):
+    """Import ``repo/name/1/model.py`` as Triton would, and initialize it."""
+    version_dir = repo / name / "1"
+    sys.modules["triton_python_backend_utils"] = pb
+    sys.path.insert(0, str(version_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(f"model_{name}", version_dir / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(version_dir))
+    config = parse_config((repo / name / "config.pbtxt").read_text(), name)
+    model = module.TritonPythonModel()
+    if hasattr(model, "initialize"):
+        model.initialize({
+            "model_config": json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)),
+            "model_repository": str(repo / name), "model_version": "1", "model_name": name,
+        })
+    return model
+
+
+def request(passages, query=QUERY, **params):
+    q = np.array([query] * len(passages), dtype=object).reshape(-1, 1)
+    p = np.array(passages, dtype=object).reshape(-1, 1)
+    return pb.InferenceRequest({"query": q, "passage": p}, params)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_model(tiny_repository):
+    return load_model(tiny_repository, "tokenizer")
+
+
+def test_tokenizer_pads_left_to_a_bucket(tokenizer_model, encoder):
+    passages = [b"As a general guideline", b"summit"]
+    out = tokenizer_model.execute([request(passages)])[0]
+    assert not out.has_error()
+    ids, mask, counts = out.output_tensors["INPUT_IDS"], out.output_tensors["ATTENTION_MASK"], out.output_tensors["TOKEN_COUNTS"]
+    rows = encoder.encode(QUERY, passages)
+    assert ids.shape == mask.shape == (2, 64) and ids.dtype == mask.dtype == np.int32
+    assert counts.tolist() == [[len(rows[0])], [len(rows[1])]]
+    assert ids[0, -len(rows[0]):].tolist() == rows[0] and ids[0, 0] == rp.EOS_ID
+    assert mask.sum(axis=1).tolist() == [len(r) for r in rows]
+
+
+def test_tokenizer_passes_truncate_through(tokenizer_model):
+    long = b"word " * 9000
+    cut = tokenizer_model.execute([request([long], truncate="END")])[0]
+    assert cut.output_tensors["TOKEN_COUNTS"].tolist() == [[8192]]
+    refused = tokenizer_model.execute([request([long])])[0]
+    assert refused.error.code() == pb.TritonError.INVALID_ARG
+    assert "exceeds maximum allowed token size 8192" in refused.error.message()
+
+
+def test_tokenizer_fails_only_the_bad_request(tokenizer_model):
+    outs = tokenizer_model.execute([request([b"ok"]), request([b"\xff"]), request([b"fine", b"too"])])
+    assert [o.has_error() for o in outs] == [False, True, False]
+    assert "not valid UTF-8" in outs[1].error.message()
+
+
+def test_tokenizer_limits(tokenizer_model):
+    assert tokenizer_model.limits.max_rows == 64 and tokenizer_model.limits.max_tokens == 16384
+    out = tokenizer_model.execute([request([b"word " * 300] * 40)])[0]
+    assert out.error.code() == pb.TritonError.INVALID_ARG and "padded tokens" in out.error.message()
+
+
+def test_engine_batches_requests_and_chunks_runs(tiny_repository, tiny_onnx_fp32):
+    from rerank_build.export_onnx import ort_session
+
+    engine = load_model(tiny_repository, "engine")
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, 128000, size=(n, w), dtype=np.int32) for n, w in ((3, 64), (2, 64), (4, 128))]
+    reqs = [pb.InferenceRequest({"input_ids": b, "attention_mask": np.ones_like(b)}) for b in blocks]
+    engine.max_tokens = 128  # forces chunks of 2 rows (64) and 1 row (128)
+    outs = engine.execute(reqs)
+    session = ort_session(tiny_onnx_fp32)
+    for block, out in zip(blocks, outs):
+        expected = session.run(None, {"input_ids": block, "attention_mask": np.ones_like(block)})[0]
+        assert out.output_tensors["logits"].shape == (block.shape[0], 1)
+        np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-5)
+
+
+def test_postprocess_sorts_and_aligns(tiny_repository):
+    post = load_model(tiny_repository, "postprocess")
+    logits = np.array([[0.5], [2.0], [0.5], [-1.0]], dtype=np.float32)
+    counts = np.array([[10], [20], [30], [40]], dtype=np.int32)
+    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts})])[0].output_tensors
+    assert out["INDEX"].tolist() == [[1], [0], [2], [3]]
+    assert out["LOGIT"].dtype == np.float32 and out["LOGIT"][:, 0].tolist() == [2.0, 0.5, 0.5, -1.0]
+    assert out["TOKEN_COUNT"].tolist() == [[20], [10], [30], [40]]

@@ -1,0 +1,123 @@
+"""Repository assembly: templates, validation, self-containment, documentation of every parameter."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rerank_prompt
+from rerank_build.repository import (
+    MARKER, RepositoryError, RepositorySettings, build_repository, fill, instance_groups, parse_config,
+    template_parameters,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("rerank-build"))
+
+
+def test_every_config_parses_and_names_match(tiny_repository):
+    names = {}
+    for config in tiny_repository.glob("*/config.pbtxt"):
+        parsed = parse_config(config.read_text(), str(config))
+        names[config.parent.name] = parsed
+        assert parsed.name == config.parent.name
+        assert "${" not in config.read_text()
+    assert set(names) == {"tokenizer", "engine", "postprocess", "nvidia_llama_3_2_nv_rerankqa_1b_v2"}
+    ensemble = names["nvidia_llama_3_2_nv_rerankqa_1b_v2"]
+    assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["tokenizer", "engine", "postprocess"]
+    engine = names["engine"]
+    assert engine.dynamic_batching.max_queue_delay_microseconds == 100
+    assert engine.dynamic_batching.default_queue_policy.max_queue_size == 256
+    assert [i.name for i in engine.input] == ["input_ids", "attention_mask"]
+
+
+def test_repository_is_self_contained(tiny_repository):
+    shipped = (tiny_repository / "tokenizer" / "1" / "rerank_prompt.py").read_bytes()
+    assert shipped == Path(rerank_prompt.__file__).read_bytes(), "one prompt module, copied verbatim"
+    for py in tiny_repository.rglob("*.py"):
+        text = py.read_text()
+        assert "rerank_build" not in text and "sys.path" not in text and str(ROOT) not in text, py
+    assert (tiny_repository / "tokenizer" / "1" / "tokenizer.json").is_file()
+    assert (tiny_repository / "engine" / "1" / "model.onnx").is_file()
+    assert (tiny_repository / MARKER).is_file()
+
+
+def test_every_template_parameter_is_documented():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M))
+    used = set().union(*template_parameters().values())
+    assert used <= documented, f"undocumented template parameters: {sorted(used - documented)}"
+    assert documented <= used | {"gpus", "profiles"}, f"documented but unused: {sorted(documented - used)}"
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"target": "tpu"}, "target"),
+    ({"max_rows": 0}, "max_rows must be at least 1"),
+    ({"max_rows": 128, "engine_max_batch_size": 64}, "engine_max_batch_size (64) must be >= max_rows"),
+    ({"buckets": (128, 64)}, "increasing"),
+    ({"buckets": (64, 128)}, "must hold max_sequence_length"),
+    ({"max_request_tokens": 100}, "cannot hold one pair"),
+    ({"preferred_batch_sizes": (1024,)}, "preferred_batch_sizes"),
+    ({"ensemble_name": "bad name!"}, "ensemble name"),
+    ({"ensemble_name": "engine"}, "collides"),
+    ({"gpus": (0, 0)}, "distinct"),
+])
+def test_invalid_settings_are_refused(overrides, fragment):
+    with pytest.raises(RepositoryError, match=re.escape(fragment)):
+        RepositorySettings(**overrides)
+
+
+def test_fill_refuses_a_missing_value():
+    with pytest.raises(RepositoryError, match=r"no value for placeholder \$\{missing\}"):
+        fill("max_batch_size: ${missing}", {}, "x")
+
+
+def test_invalid_config_text_is_refused():
+    with pytest.raises(RepositoryError, match="not a valid Triton model config"):
+        parse_config("max_batch_size: many", "engine/config.pbtxt")
+
+
+@pytest.mark.parametrize("gpus,per_gpu", [((0,), 1), ((0, 1), 2), ((0, 1, 2, 3), 1)])
+def test_gpu_instance_groups(gpus, per_gpu):
+    text = "instance_group [\n" + instance_groups(gpus, per_gpu, (0, 1, 2)) + "\n]"
+    config = parse_config(text, "engine")
+    assert [list(g.gpus) for g in config.instance_group] == [[g] for g in gpus]
+    assert all(g.count == per_gpu and list(g.profile) == ["0", "1", "2"] for g in config.instance_group)
+
+
+def test_custom_name_and_reuse(tmp_path, tiny_checkpoint, tiny_onnx_fp32):
+    settings = RepositorySettings(ensemble_name="my_reranker", max_rows=8, engine_max_batch_size=8,
+                                  preferred_batch_sizes=(4, 8))
+    out = build_repository(tiny_checkpoint, tmp_path / "r", settings, onnx=tiny_onnx_fp32)
+    assert (out / "my_reranker" / "config.pbtxt").is_file()
+    stamp = (out / "tokenizer" / "config.pbtxt").stat().st_mtime_ns
+    build_repository(tiny_checkpoint, out, settings, onnx=tiny_onnx_fp32, reuse=True)
+    assert (out / "tokenizer" / "config.pbtxt").stat().st_mtime_ns == stamp
+
+
+def test_refuses_to_overwrite_a_foreign_directory(tmp_path, tiny_checkpoint, tiny_onnx_fp32):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep")
+    with pytest.raises(RepositoryError, match="not a repository written by rerank-build"):
+        build_repository(tiny_checkpoint, foreign, RepositorySettings(), onnx=tiny_onnx_fp32)
+    assert (foreign / "precious.txt").exists()
+
+
+def test_exports_onnx_when_none_is_given(tmp_path, tiny_checkpoint):
+    out = build_repository(tiny_checkpoint, tmp_path / "r", RepositorySettings())
+    names = {p.name for p in (out / "engine" / "1").iterdir()}
+    assert {"model.onnx", "model.py", "export_meta.json"} <= names and "tokenizer.json" not in names
+
+
+def test_cli_errors_are_clear(tmp_path, tiny_checkpoint):
+    done = subprocess.run([CLI, "repository", "--checkpoint", str(tiny_checkpoint), "--target", "cpu",
+                           "--out", str(tmp_path / "r"), "--max-rows", "1024"], capture_output=True, text=True)
+    assert done.returncode == 2 and "engine_max_batch_size (512) must be >= max_rows (1024)" in done.stderr
+    done = subprocess.run([CLI, "repository", "--checkpoint", str(tiny_checkpoint), "--target", "gpu",
+                           "--out", str(tmp_path / "g")], capture_output=True, text=True)
+    assert done.returncode == 2 and "needs --engine" in done.stderr
