@@ -1,6 +1,6 @@
 """Per-request latency of the ensemble, one client in series, and where the time goes.
 
-    python -m loadtests.latency --url localhost:8001 --protocol grpc --passages 16 --requests 200
+    python -m loadtests.latency --repository build/model_repository --passages 16,64 --requests 100
 
 Prints p50/p95/p99 of the request latency and the per-step share of time from Triton's statistics.
 """
@@ -31,7 +31,7 @@ def make_requests(n: int, passages: int, words: tuple[int, int], seed: int) -> l
             for _ in range(n)]
 
 
-def measure(url: str, protocol: str, model: str, requests: list[tuple[str, list[str]]], warmup: int = 5) -> list[float]:
+def measure(url: str, protocol: str, model: str, requests: list[tuple[str, list[str]]], warmup: int = 2) -> list[float]:
     module = protocol_module(protocol)
     client = module.InferenceServerClient(url)
     outputs = build_outputs(module)
@@ -48,29 +48,53 @@ def measure(url: str, protocol: str, model: str, requests: list[tuple[str, list[
         client.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="localhost:8001")
-    parser.add_argument("--grpc-url", help="gRPC address for Triton's statistics (default: --url if grpc)")
-    parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    parser.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
-    parser.add_argument("--passages", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--words", default="40,80", help="passage length range in words (≈1.5-2 tokens each)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    lo, hi = (int(x) for x in args.words.split(","))
+def run(url_for, grpc_url: str, protocols: list[str], passage_counts: list[int], model: str, n: int,
+        words: tuple[int, int], seed: int) -> list[str]:
+    """Markdown lines: a latency row per (protocol, passages) and the per-step shares of each run."""
     import tritonclient.grpc as grpcclient
 
-    stats_client = grpcclient.InferenceServerClient(args.grpc_url or args.url)
-    before = read_stats(stats_client)
-    lat = measure(args.url, args.protocol, args.model, make_requests(args.requests, args.passages, (lo, hi), args.seed))
-    steps = delta(read_stats(stats_client), before)
-    stats_client.close()
-    p = percentiles(lat)
-    print(f"{args.protocol} 1x{args.passages}: n={len(lat)} p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
-          f"p99 {p['p99']:.1f} ms, mean {p['mean']:.1f} ms")
-    print("\n".join(share_table(steps)))
+    stats_client = grpcclient.InferenceServerClient(grpc_url)
+    rows = ["| protocol | request | n | p50 ms | p95 ms | p99 ms | mean ms |", "|---|---|---|---|---|---|---|"]
+    shares = []
+    try:
+        for passages in passage_counts:
+            for protocol in protocols:
+                before = read_stats(stats_client)
+                lat = measure(url_for(protocol), protocol, model, make_requests(n, passages, words, seed))
+                steps = delta(read_stats(stats_client), before)
+                p = percentiles(lat)
+                rows.append(f"| {protocol} | 1x{passages} | {len(lat)} | {p['p50']:.1f} | {p['p95']:.1f} | "
+                            f"{p['p99']:.1f} | {p['mean']:.1f} |")
+                shares += ["", f"{protocol} 1x{passages}:", *share_table(steps)]
+    finally:
+        stats_client.close()
+    return rows + shares
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", help="start a tritonserver on this repository (else use --grpc/--http)")
+    parser.add_argument("--grpc", default="localhost:8001", help="gRPC address of a running server")
+    parser.add_argument("--http", default="localhost:8000", help="HTTP address of a running server")
+    parser.add_argument("--protocols", default="grpc,http")
+    parser.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
+    parser.add_argument("--passages", default="16,64", help="passages per request, comma-separated")
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--words", default="40,80", help="passage length range in words")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    words = tuple(int(x) for x in args.words.split(","))
+    counts = [int(x) for x in args.passages.split(",")]
+    protocols = args.protocols.split(",")
+    if args.repository:
+        from rerank_build.server import TritonServer
+
+        with TritonServer(args.repository) as server:
+            lines = run(server.url, server.grpc_url, protocols, counts, args.model, args.requests, words, args.seed)
+    else:
+        lines = run(lambda p: args.grpc if p == "grpc" else args.http, args.grpc, protocols, counts, args.model,
+                    args.requests, words, args.seed)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

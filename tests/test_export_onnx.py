@@ -80,5 +80,5 @@ def test_external_data_layout(tiny_checkpoint, tmp_path, tiny_onnx_fp32):
 
 
 def test_rejects_unknown_dtype(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="fp32 and fp16"):
+    with pytest.raises(ValueError, match="supports fp32, fp16, bf16"):
         export_onnx(tiny_checkpoint, tmp_path / "x", dtype="int4")

@@ -222,3 +222,35 @@ def test_readme_curl_example(server):
     assert set(outputs) == {"index", "logit", "token_count"}
     assert outputs["index"]["datatype"] == "INT32" and outputs["index"]["shape"] == [2, 1]
     assert sorted(outputs["index"]["data"]) == [0, 1]
+
+
+def test_server_dies_with_the_process_that_started_it(tiny_repository, tmp_path):
+    """A killed test run or benchmark must not leave tritonserver (or its stubs) behind."""
+    import subprocess
+    import sys
+    import time
+
+    from rerank_build.server import process_group_alive
+
+    script = (
+        "import os, sys\n"
+        "from rerank_build.server import TritonServer\n"
+        f"s = TritonServer({str(tiny_repository)!r}).start()\n"
+        "print(s.process.pid, flush=True)\n"
+        "os._exit(0)  # no stop(): as if killed\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    pgid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while process_group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not process_group_alive(pgid), "tritonserver outlived its parent"
+
+
+def test_stop_leaves_no_process(tiny_repository):
+    from rerank_build.server import TritonServer, process_group_alive
+
+    server = TritonServer(tiny_repository).start()
+    pgid = server.process.pid
+    server.stop()
+    assert not process_group_alive(pgid)

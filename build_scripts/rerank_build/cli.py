@@ -30,7 +30,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     from .parity import main_parity
 
     return main_parity(args.checkpoint, args.onnx, args.endpoint, args.protocol, args.model,
-                       args.tolerance, args.random_queries, args.seed, args.batch_size)
+                       args.tolerance, args.random_queries, args.seed, args.batch_size, args.engine)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -44,9 +44,26 @@ def _cmd_repository(args: argparse.Namespace) -> int:
     from .repository import RepositorySettings, build_repository
 
     overrides = {k: v for k, v in vars(args).items() if k in RepositorySettings.__dataclass_fields__ and v is not None}
+    if args.target == "gpu" and args.engine:
+        from .engine_meta import gpu_defaults
+
+        overrides = {**gpu_defaults(args.engine), **overrides}  # the engine's shapes unless set explicitly
     settings = RepositorySettings(**overrides)
     print(build_repository(args.checkpoint, args.out, settings, onnx=args.onnx, engine=args.engine,
-                           force=args.force, reuse=args.reuse))
+                           force=args.force, reuse=args.reuse, triton_release=args.triton_release,
+                           serving_tensorrt=args.serving_tensorrt))
+    return 0
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    from rerank_prompt import DEFAULT_BUCKETS
+
+    from .engine_build import build_engine
+
+    print(build_engine(args.onnx, args.out, precision=args.precision, buckets=args.buckets or DEFAULT_BUCKETS,
+                       max_batch=args.max_batch, opt_tokens=args.opt_tokens,
+                       buckets_per_profile=args.buckets_per_profile, workspace_gib=args.workspace_gib,
+                       timing_cache=args.timing_cache, seed=args.seed))
     return 0
 
 
@@ -79,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-onnx", help="export a checkpoint to DIR/model.onnx plus tokenizer files")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
-    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="fp32: ONNX Runtime (CPU); fp16/bf16: strongly typed TensorRT builds")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_export_onnx)
 
@@ -87,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id (the reference)")
     p.add_argument("--onnx", help="candidate: an exported model.onnx")
     p.add_argument("--endpoint", help="candidate: a served ensemble, HOST:PORT")
+    p.add_argument("--engine", help="candidate: a TensorRT plan run directly on the GPU")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--model", help="ensemble name of the endpoint (default NIM's)")
-    p.add_argument("--tolerance", type=float, help="max abs difference (default by dtype: fp32 1e-4, fp16 5e-2)")
+    p.add_argument("--tolerance", type=float, help="max abs difference (default by dtype: fp32 1e-4, fp16 5e-2, bf16 0.1, fp8 0.5)")
     p.add_argument("--random-queries", type=int, default=12, help="seeded random queries besides the fixed ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per ONNX batch (0: one batch per query)")
@@ -119,7 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)
     p.add_argument("--gpus", type=_int_list, help="gpu: device ids, e.g. 0,1")
     p.add_argument("--instances-per-gpu", dest="instances_per_gpu", type=int)
+    p.add_argument("--triton-release", help="gpu: serving Triton release, e.g. 25.06 (its TensorRT must match)")
+    p.add_argument("--serving-tensorrt", help="gpu: TensorRT version of the serving container, e.g. 10.11.0")
     p.set_defaults(func=_cmd_repository)
+
+    p = sub.add_parser("engine", help="build a TensorRT engine (inside NVIDIA's TensorRT container, on a GPU)")
+    p.add_argument("--onnx", required=True, help="model.onnx exported with the dtype the precision needs")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp8"], default="fp16")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--buckets", type=_int_list, default=None, help="tokenizer length buckets (default 64..8192)")
+    p.add_argument("--max-batch", type=int, default=64, help="rows per execution (Triton max_batch_size)")
+    p.add_argument("--opt-tokens", type=int, default=16384, help="tokens per execution TensorRT tunes for")
+    p.add_argument("--buckets-per-profile", type=int, default=2)
+    p.add_argument("--workspace-gib", type=float, default=8.0)
+    p.add_argument("--timing-cache", help="persistent timing cache (default OUT/timing.cache)")
+    p.add_argument("--seed", type=int, default=0, help="fp8 calibration text seed")
+    p.set_defaults(func=_cmd_engine)
 
     p = sub.add_parser("serve", help="run tritonserver (foreground) on an assembled repository")
     p.add_argument("--repository", default="build/model_repository")

@@ -26,7 +26,7 @@ from .textgen import FIXED_CASES, Case, random_cases
 
 logger = logging.getLogger(__name__)
 
-TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}
+TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1, "fp8": 5e-1}
 REL_FLOOR = 1e-3
 
 # A scorer maps (query, passages, token rows) to logits in the passages' order, and optionally
@@ -138,6 +138,23 @@ def onnx_scorer(onnx_path: str | Path, batch_size: int = 0) -> Scorer:
     return score
 
 
+def engine_scorer(plan: str | Path) -> Scorer:
+    """A TensorRT engine run directly on the GPU, rows padded to their length bucket as served."""
+    from rerank_prompt import choose_bucket
+
+    from .engine_meta import read_meta
+    from .engine_runner import TrtRunner
+
+    runner = TrtRunner(plan)
+    buckets = read_meta(plan)["buckets"]
+
+    def score(query: str, passages: Sequence[str], rows: list[list[int]]):
+        batch = left_pad(rows, length=choose_bucket(max(len(r) for r in rows), buckets))
+        return runner(batch.input_ids, batch.attention_mask)[:, 0].astype(np.float32), None
+
+    return score
+
+
 def endpoint_scorer(url: str, protocol: str = "grpc", model_name: str | None = None) -> Scorer:
     """A served ensemble (NIM's gRPC/KServe contract) through tritonclient."""
     from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
@@ -184,16 +201,22 @@ def run_parity(
 
 def main_parity(checkpoint: str, onnx: str | None, endpoint: str | None, protocol: str,
                 model_name: str | None, tolerance: float | None, n_random: int, seed: int,
-                batch_size: int) -> int:
+                batch_size: int, engine: str | None = None) -> int:
     """CLI entry: prints the per-query table and returns the exit code."""
     import json
 
     from .checkpoint import resolve_checkpoint
 
-    if bool(onnx) == bool(endpoint):
-        raise SystemExit("parity needs exactly one candidate: --onnx PATH or --endpoint HOST:PORT")
+    if sum(bool(x) for x in (onnx, endpoint, engine)) != 1:
+        raise SystemExit("parity needs exactly one candidate: --onnx PATH, --engine PATH or --endpoint HOST:PORT")
     ckpt = resolve_checkpoint(checkpoint)
-    if onnx:
+    if engine:
+        from .engine_meta import read_meta
+
+        dtype = read_meta(engine)["precision"]
+        candidate = engine_scorer(engine)
+        label = f"TensorRT engine {engine} ({dtype})"
+    elif onnx:
         meta_path = Path(onnx).with_name("export_meta.json")
         dtype = json.loads(meta_path.read_text())["dtype"] if meta_path.exists() else "fp32"
         candidate = onnx_scorer(onnx, batch_size)

@@ -62,7 +62,6 @@ class RepositorySettings:
     # gpu target
     gpus: tuple[int, ...] = (0,)
     instances_per_gpu: int = 1
-    profiles: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,14 +97,13 @@ class RepositorySettings:
         if problems:
             raise RepositoryError("; ".join(problems))
 
-    def template_values(self) -> dict[str, str]:
-        """The ``${name}`` substitutions."""
+    def template_values(self, num_profiles: int = 1) -> dict[str, str]:
+        """The ``${name}`` substitutions (``num_profiles``: the GPU engine's optimization profiles)."""
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         values["buckets"] = ",".join(map(str, self.buckets))
         values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
-        values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, self.profiles)
-        for name in ("gpus", "profiles"):
-            values.pop(name)
+        values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, tuple(range(num_profiles)))
+        values.pop("gpus")
         return values
 
 
@@ -199,8 +197,14 @@ def build_repository(
     engine: str | Path | None = None,
     force: bool = False,
     reuse: bool = False,
+    triton_release: str | None = None,
+    serving_tensorrt: str | None = None,
 ) -> Path:
-    """Write a complete repository under ``out``; returns ``out``."""
+    """Write a complete repository under ``out``; returns ``out``.
+
+    gpu: ``triton_release`` / ``serving_tensorrt`` name the serving container's TensorRT, which must be
+    the one the engine was built with.
+    """
     from .checkpoint import resolve_checkpoint
 
     out = Path(out)
@@ -214,12 +218,13 @@ def build_repository(
         raise RepositoryError("the gpu target needs --engine (a TensorRT plan built by `rerank-build engine`)")
     if settings.target == "cpu" and engine:
         raise RepositoryError("--engine is a TensorRT plan, for --target gpu; the cpu target serves ONNX")
-    values = settings.template_values()
     gpu_meta = None
     if settings.target == "gpu":
-        from .engine_plan import check_engine_for_repository
+        from .engine_meta import check_engine_for_repository
 
-        gpu_meta = check_engine_for_repository(Path(engine), settings)  # type: ignore[arg-type]
+        gpu_meta = check_engine_for_repository(Path(engine), settings, triton_release,  # type: ignore[arg-type]
+                                               serving_tensorrt)
+    values = settings.template_values(len(gpu_meta["profiles"]) if gpu_meta else 1)
     _prepare_out(out, force)
 
     tok_dir = _write_model(out, "tokenizer", "tokenizer", values)

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +42,26 @@ def pytriton_root() -> Path:
 
 
 def tritonserver_binary() -> Path:
-    binary = pytriton_root() / "bin" / "tritonserver"
+    """``$TRITONSERVER_BIN`` (e.g. NVIDIA's container, with the TensorRT backend), else pytriton's."""
+    override = os.environ.get("TRITONSERVER_BIN")
+    binary = Path(override) if override else pytriton_root() / "bin" / "tritonserver"
     if not binary.is_file():
         raise ServerError(f"no tritonserver binary at {binary}")
     return binary
 
 
 def backend_directory() -> Path:
-    return pytriton_root() / "backends"
+    """The backends beside the binary (``/opt/tritonserver/backends`` in NVIDIA's containers)."""
+    return Path(os.environ.get("TRITON_BACKEND_DIR") or tritonserver_binary().parent.parent / "backends")
 
 
-def ensure_python_stub() -> Path:
-    """Copy the python-backend stub for this interpreter next to libtriton_python.so (idempotent)."""
+def ensure_python_stub() -> Path | None:
+    """Copy the python-backend stub for this interpreter next to libtriton_python.so (idempotent).
+
+    Only pytriton's server needs it; NVIDIA's containers ship the stub in place.
+    """
+    if os.environ.get("TRITONSERVER_BIN"):
+        return None
     root = pytriton_root()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     src = root / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -112,6 +121,18 @@ def server_command(repository: Path, ports: Ports, host: str = "127.0.0.1", log_
     ]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the process that started it dies (Linux), so a
+    killed test run or benchmark never leaves a server behind. The kernel ties this to the thread
+    that forked, so :meth:`TritonServer.start` arms it only from the main thread."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
 class TritonServer:
     """A tritonserver child process; a context manager that always cleans up its process group."""
 
@@ -140,8 +161,10 @@ class TritonServer:
         cmd = server_command(self.repository, self.ports, self.host, extra=self.extra_args)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         logger.info("starting tritonserver on http %d / grpc %d", self.ports.http, self.ports.grpc)
+        # PR_SET_PDEATHSIG follows the starting *thread*: only arm it from the main thread.
+        on_main = threading.current_thread() is threading.main_thread()
         self.process = subprocess.Popen(cmd, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent if on_main else None)
         if log is not subprocess.DEVNULL:
             log.close()
         try:

@@ -1,0 +1,106 @@
+"""The metadata file beside every TensorRT engine, and the checks the GPU repository runs on it.
+
+``engine_meta.json`` records what the engine was built from and for: TensorRT version, GPU name and
+compute capability, precision, optimization profiles, buckets, and the ONNX file's hash. The
+repository assembly reads it to write a consistent ``tensorrt_plan`` config and refuses engines that
+cannot serve the requested settings. No TensorRT import here: all of it is tested on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .profiles import Profile, check_profiles
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .repository import RepositorySettings
+
+META_FILE = "engine_meta.json"
+META_FORMAT = 1
+PRECISIONS = ("fp16", "bf16", "fp8")
+
+#: Triton container release -> TensorRT version inside it (NVIDIA's Frameworks Support Matrix).
+#: The engine must be built with the TensorRT of the Triton release that serves it.
+TRITON_TENSORRT: dict[str, str] = {
+    "24.05": "10.0.1", "24.06": "10.1.0", "24.07": "10.2.0", "24.08": "10.3.0", "24.09": "10.4.0",
+    "24.10": "10.5.0", "24.11": "10.6.0", "24.12": "10.7.0", "25.01": "10.8.0", "25.02": "10.8.0",
+    "25.03": "10.9.0", "25.04": "10.9.0", "25.05": "10.10.0", "25.06": "10.11.0",
+}
+DEFAULT_TRITON_RELEASE = "25.06"
+
+
+class EngineMetaError(ValueError):
+    """An engine that cannot serve the requested repository settings."""
+
+
+def meta_path(engine: Path) -> Path:
+    return engine.with_name(META_FILE)
+
+
+def read_meta(engine: str | Path) -> dict[str, Any]:
+    engine = Path(engine)
+    if not engine.is_file():
+        raise EngineMetaError(f"engine {engine} does not exist")
+    path = meta_path(engine)
+    if not path.is_file():
+        raise EngineMetaError(f"{path} is missing: build engines with `rerank-build engine`, which writes it")
+    meta = json.loads(path.read_text())
+    missing = {"format", "tensorrt_version", "precision", "profiles", "max_batch_size", "buckets"} - set(meta)
+    if missing:
+        raise EngineMetaError(f"{path} lacks {sorted(missing)}")
+    if meta["format"] != META_FORMAT:
+        raise EngineMetaError(f"{path} has format {meta['format']}, expected {META_FORMAT}")
+    return meta
+
+
+def same_release(a: str, b: str) -> bool:
+    """TensorRT engines are tied to major.minor.patch of the TensorRT that built them."""
+    return a.split(".")[:3] == b.split(".")[:3]
+
+
+def serving_tensorrt(triton_release: str | None, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    release = triton_release or DEFAULT_TRITON_RELEASE
+    try:
+        return TRITON_TENSORRT[release]
+    except KeyError:
+        raise EngineMetaError(
+            f"unknown Triton release {release!r}: pass --serving-tensorrt X.Y.Z (the TensorRT version inside "
+            f"that container); known releases: {', '.join(TRITON_TENSORRT)}"
+        ) from None
+
+
+def gpu_defaults(engine: str | Path) -> dict[str, Any]:
+    """Repository settings that follow from the engine unless the user sets them."""
+    meta = read_meta(engine)
+    batch = int(meta["max_batch_size"])
+    return {
+        "engine_max_batch_size": batch,
+        "max_rows": batch,
+        "buckets": tuple(meta["buckets"]),
+        "max_sequence_length": int(meta.get("max_sequence_length", meta["buckets"][-1])),
+        "preferred_batch_sizes": tuple(b for b in (8, 16, 32, 64, 128) if b <= batch) or (batch,),
+    }
+
+
+def check_engine_for_repository(engine: Path, settings: "RepositorySettings", triton_release: str | None = None,
+                                serving_trt: str | None = None) -> dict[str, Any]:
+    """Validate an engine against the repository settings; returns its metadata."""
+    meta = read_meta(engine)
+    problems = []
+    profiles = [Profile.from_dict(p) for p in meta["profiles"]]
+    problems += check_profiles(profiles, settings.buckets, settings.engine_max_batch_size)
+    longest = max(p.max[1] for p in profiles) if profiles else 0
+    if settings.max_sequence_length > longest:
+        problems.append(f"max_sequence_length {settings.max_sequence_length} is longer than any engine profile "
+                        f"({longest})")
+    wanted = serving_tensorrt(triton_release, serving_trt)
+    if not same_release(meta["tensorrt_version"], wanted):
+        problems.append(f"the engine was built with TensorRT {meta['tensorrt_version']} but the serving container "
+                        f"has TensorRT {wanted}: rebuild it in the matching TensorRT image")
+    if problems:
+        raise EngineMetaError(f"engine {engine} cannot serve these settings: " + "; ".join(problems))
+    return meta

@@ -1,0 +1,178 @@
+"""asyncio client of the same shape as :class:`rerank_client.RerankClient`.
+
+One tritonclient aio client (gRPC channel or aiohttp session) per AsyncRerankClient, shared by all
+coroutines; requests of one call run concurrently under a semaphore; retries and the deadline work
+as in the sync client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Sequence
+
+from .connection import ConnectionSettings
+from .core import (
+    DEFAULT_ROWS_PER_REQUEST, RerankResult, RetryPolicy, ServerLimits, TokenEstimator, check_arguments, is_too_large,
+    merge, plan_requests,
+)
+from .errors import DeadlineExceededError, InvalidInputError, RerankError, ServerUnavailableError, classify
+from .tensors import RawResult, build_inputs, build_outputs, parse_result, request_parameters
+
+
+class AsyncRerankClient:
+    """Async reranker client over gRPC or HTTP (NIM's Triton contract)."""
+
+    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", *,
+                 model: str | None = None, timeout_s: float = 60.0, retries: int = 5,
+                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, max_concurrency: int = 4,
+                 max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
+                 tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
+                 private_key: str | None = None, certificate_chain: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.settings = ConnectionSettings(url, protocol, model, timeout_s, ssl, root_certificates, private_key,
+                                           certificate_chain, headers)
+        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_rows_per_request = max_rows_per_request
+        self.truncate = truncate
+        self.estimator = TokenEstimator(tokenizer)
+        self._client: Any = None
+        self._retired: list[Any] = []  # replaced after errors; closed with the client (others may use them)
+        self._limits: ServerLimits | None = None
+        self._closed = False
+
+    def _connection(self) -> Any:
+        if self._client is None:
+            self._client = self.settings.async_client()
+        return self._client
+
+    def _replace_client(self, client: Any) -> None:
+        """After a connection error: later attempts open a fresh connection."""
+        if client is not None and self._client is client:
+            self._client = None
+            self._retired.append(client)
+
+    async def close(self) -> None:
+        """Close every connection. Idempotent."""
+        self._closed = True
+        clients = [c for c in [self._client, *self._retired] if c is not None]
+        self._client, self._retired = None, []
+        for client in clients:
+            try:
+                await client.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close
+                pass
+
+    async def __aenter__(self) -> "AsyncRerankClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_until_ready(self, timeout_s: float = 60.0, poll_s: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            client = self._connection()
+            try:
+                if await client.is_server_ready(headers=self.settings.headers) and await client.is_model_ready(
+                        self.settings.model, headers=self.settings.headers):
+                    return
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                last = exc
+                self._replace_client(client)
+            await asyncio.sleep(poll_s)
+        raise ServerUnavailableError(f"server at {self.settings.url} not ready after {timeout_s:.0f}s"
+                                     + (f": {last}" if last else ""))
+
+    async def limits(self) -> ServerLimits:
+        """The server's published limits, read once."""
+        if self._limits is None:
+            async def read(client: Any, _t: float) -> Any:
+                if self.settings.protocol == "grpc":
+                    return await client.get_model_config(self.settings.model, headers=self.settings.headers,
+                                                         as_json=True)
+                return await client.get_model_config(self.settings.model, headers=self.settings.headers)
+
+            config = await self._with_retry(read, time.monotonic() + self.settings.timeout_s)
+            self._limits = ServerLimits.from_config(config)
+        return self._limits
+
+    async def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None,
+                     truncate: str | None = None, return_text: bool = False,
+                     timeout_s: float | None = None) -> list[RerankResult]:
+        """Results sorted by logit (best first); ``index`` refers to ``passages``."""
+        if self._closed:
+            raise RerankError("client is closed")
+        check_arguments(query, passages, top_n)
+        if not passages:
+            return []
+        budget = timeout_s if timeout_s is not None else self.settings.timeout_s
+        deadline = time.monotonic() + budget
+        mode = truncate or self.truncate
+        limits = await self.limits()
+        chunks = plan_requests(self.estimator.estimate(query, list(passages)), limits, self.max_rows_per_request, mode)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+
+        async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:
+            async with semaphore:
+                return await self._send_chunk(query, passages, chunk, mode, deadline)
+
+        tasks = [asyncio.ensure_future(bounded(c)) for c in chunks]
+        try:
+            parts = await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s") from None
+        finally:
+            for task in tasks:
+                task.cancel()
+        pairs = [pair for part in parts for pair in part]
+        return merge([c for c, _ in pairs], [r for _, r in pairs], passages, top_n, return_text)
+
+    async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: str,
+                          deadline: float) -> list[tuple[list[int], RawResult]]:
+        texts = [passages[i] for i in chunk]
+        try:
+            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t), deadline)
+        except InvalidInputError as err:
+            if len(chunk) > 1 and is_too_large(err):
+                half = len(chunk) // 2
+                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline)
+                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline))
+            raise
+        return [(chunk, result)]
+
+    async def _infer(self, client: Any, query: str, texts: list[str], truncate: str, timeout_s: float) -> RawResult:
+        module = self.settings.module
+        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": request_parameters(truncate)}
+        if self.settings.protocol == "grpc":
+            kwargs["client_timeout"] = timeout_s
+        result = await asyncio.wait_for(
+            client.infer(self.settings.model, build_inputs(module, query, texts), outputs=build_outputs(module),
+                         **kwargs), timeout=timeout_s)
+        return parse_result(result)
+
+    async def _with_retry(self, call, deadline: float):
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceededError("deadline passed before the request could be sent")
+            client = self._connection()
+            try:
+                return await call(client, remaining)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                error = classify(exc)
+                if error.retryable:
+                    self._replace_client(client)
+                if not error.retryable or attempt >= self.retry.retries:
+                    raise error from exc
+                delay = self.retry.delay(attempt)
+                if time.monotonic() + delay >= deadline:
+                    raise DeadlineExceededError(f"deadline passed while retrying: {error.message}",
+                                                error.status) from exc
+                await asyncio.sleep(delay)
+                attempt += 1

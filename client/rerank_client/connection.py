@@ -1,0 +1,84 @@
+"""How to reach the server: URL, protocol, TLS, headers; builds tritonclient clients of either kind."""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+from dataclasses import dataclass
+from typing import Any
+
+from .tensors import DEFAULT_ENSEMBLE_NAME, protocol_module
+
+_MAX_MESSAGE = 2**31 - 1
+
+
+def _strip_scheme(url: str) -> tuple[str, bool]:
+    for scheme, tls in (("grpcs://", True), ("https://", True), ("grpc://", False), ("http://", False)):
+        if url.startswith(scheme):
+            return url[len(scheme):], tls
+    return url, False
+
+
+@dataclass
+class ConnectionSettings:
+    url: str
+    protocol: str = "grpc"
+    model: str | None = None
+    timeout_s: float = 60.0
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+    headers: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.module = protocol_module(self.protocol)  # validates the protocol
+        self.url, tls = _strip_scheme(self.url)
+        self.ssl = self.ssl or tls
+        self.model = self.model or DEFAULT_ENSEMBLE_NAME
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.headers and self.protocol == "grpc":
+            self.headers = {k.lower(): v for k, v in self.headers.items()}  # gRPC metadata keys are lowercase
+
+    # gRPC: reconnect quickly after a server restart (the default backoff grows to 120 s).
+    def _grpc_channel_args(self) -> list[tuple[str, int]]:
+        return [("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)]
+
+    def _ssl_context(self) -> ssl_module.SSLContext:
+        context = ssl_module.create_default_context(cafile=self.root_certificates)
+        if self.certificate_chain:
+            context.load_cert_chain(self.certificate_chain, self.private_key)
+        return context
+
+    def sync_client(self) -> Any:
+        if self.protocol == "grpc":
+            return self.module.InferenceServerClient(
+                self.url, ssl=self.ssl, root_certificates=self.root_certificates, private_key=self.private_key,
+                certificate_chain=self.certificate_chain, channel_args=self._grpc_channel_args())
+        options = {}
+        if self.ssl:
+            options = {k: v for k, v in (("ca_certs", self.root_certificates), ("certfile", self.certificate_chain),
+                                         ("keyfile", self.private_key)) if v}
+        return self.module.InferenceServerClient(
+            self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s, ssl=self.ssl,
+            ssl_options=options or None)
+
+    def async_client(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc.aio as aio
+
+            return aio.InferenceServerClient(
+                self.url, ssl=self.ssl, root_certificates=self.root_certificates, private_key=self.private_key,
+                certificate_chain=self.certificate_chain, channel_args=self._grpc_channel_args())
+        import tritonclient.http.aio as aio
+
+        return aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s, ssl=self.ssl,
+                                         ssl_context=self._ssl_context() if self.ssl else None)
+
+    def model_config(self, client: Any) -> dict[str, Any]:
+        """The ensemble's config as a dict, whatever the protocol."""
+        if self.protocol == "grpc":
+            return client.get_model_config(self.model, headers=self.headers, as_json=True)
+        return client.get_model_config(self.model, headers=self.headers)

@@ -1,0 +1,166 @@
+"""What the sync and async clients share: server limits, request planning, retry timing, merging.
+
+Planning groups passages of similar (estimated) length into requests, so that each request pads
+less, and keeps every request within the server's published limits (rows, padded tokens). Estimates
+come from the shared ``rerank_prompt`` module when a tokenizer is given (exact), otherwise from a
+conservative bytes-based guess; a request the server still finds too large is split in half.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+import rerank_prompt as rp
+
+from .errors import InvalidInputError
+from .tensors import RawResult
+
+#: Template + BOS overhead in tokens ("question:" ... " \n \n passage:").
+TEMPLATE_TOKENS = 8
+DEFAULT_ROWS_PER_REQUEST = 128
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the ensemble publishes in its config (NIM servers may publish only max_batch_size)."""
+
+    max_rows: int = 512
+    max_tokens: int | None = None
+    max_sequence_length: int = rp.DEFAULT_MAX_LENGTH
+    buckets: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
+        """From a model config as JSON (tritonclient's ``get_model_config`` as a dict)."""
+        config = config.get("config", config)
+        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        max_rows = int(params.get("max_rows_per_request") or config.get("max_batch_size") or 512)
+        tokens = params.get("max_tokens_per_request")
+        buckets = params.get("length_buckets")
+        return cls(
+            max_rows=max_rows,
+            max_tokens=int(tokens) if tokens else None,
+            max_sequence_length=int(params.get("max_sequence_length") or rp.DEFAULT_MAX_LENGTH),
+            buckets=tuple(int(b) for b in buckets.split(",")) if buckets else None,
+        )
+
+    def padded(self, length: int) -> int:
+        return rp.choose_bucket(length, self.buckets) if self.buckets else length
+
+
+class TokenEstimator:
+    """Tokens per pair: exact with a tokenizer (the server's own rules), else a safe over-estimate."""
+
+    def __init__(self, tokenizer: str | Path | None = None) -> None:
+        self.encoder = rp.PairEncoder(rp.load_tokenizer(str(tokenizer)), max_length=10**9) if tokenizer else None
+
+    def estimate(self, query: str, passages: Sequence[str]) -> list[int]:
+        if self.encoder is not None:
+            return [len(ids) for ids in self.encoder.encode(query, passages, rp.Truncate.NONE)]
+        # Llama-3 BPE: ~4 bytes per token for English, ~3 for most other scripts; bytes/3 over-estimates.
+        q = math.ceil(len(query.encode("utf-8")) / 3)
+        return [TEMPLATE_TOKENS + q + math.ceil(len(p.encode("utf-8")) / 3) for p in passages]
+
+
+def plan_requests(lengths: Sequence[int], limits: ServerLimits, max_rows: int | None = None,
+                  truncate: str = "NONE") -> list[list[int]]:
+    """Passage indices per request: one length bucket per request, within the row and token limits.
+
+    Rows are padded to the request's bucket, so mixing a long passage into a request of short ones
+    would pad every row to the long one's bucket; grouping by bucket keeps padding minimal.
+    """
+    rows_cap = max(1, min(limits.max_rows, max_rows or limits.max_rows))
+    cap = limits.max_sequence_length if truncate == rp.Truncate.END.value else None
+    by_width: dict[int, list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        length = min(lengths[i], cap) if cap else lengths[i]
+        width = limits.padded(length) if limits.buckets else 1 << max(0, length - 1).bit_length()
+        by_width.setdefault(width, []).append(i)
+    chunks: list[list[int]] = []
+    for width, members in sorted(by_width.items()):
+        per_request = rows_cap
+        if limits.max_tokens is not None:
+            per_request = max(1, min(rows_cap, limits.max_tokens // max(limits.padded(width), 1)))
+        chunks += [members[k:k + per_request] for k in range(0, len(members), per_request)]
+    return chunks
+
+
+def is_too_large(error: InvalidInputError) -> bool:
+    """The server's "more than the limit ... per request" refusal: worth splitting, not failing."""
+    return "per request" in error.message and ("padded tokens" in error.message or "passages" in error.message)
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded by the call's deadline."""
+
+    retries: int = 5
+    base_s: float = 0.1
+    max_s: float = 5.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int) -> float:
+        return self.rng.uniform(0.0, min(self.max_s, self.base_s * (2 ** attempt)))
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One passage's result: ``index`` into the caller's list, raw ``logit``, its sigmoid in fp32."""
+
+    index: int
+    logit: float
+    relevance_score: float
+    token_count: int
+    text: str | None = None
+
+
+def sigmoid32(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable sigmoid computed in float32 (no overflow for large negative logits)."""
+    x = np.asarray(logits, dtype=np.float32)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = np.float32(1) / (np.float32(1) + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (np.float32(1) + e)
+    return out
+
+
+def merge(chunks: Sequence[Sequence[int]], results: Sequence[RawResult], passages: Sequence[str],
+          top_n: int | None, return_text: bool) -> list[RerankResult]:
+    """Per-request results (indices local to each request) -> one ranking over the caller's list."""
+    index = np.concatenate([np.asarray(chunk)[r.index] for chunk, r in zip(chunks, results)]) if results else \
+        np.empty(0, dtype=np.int64)
+    logit = np.concatenate([r.logit for r in results]) if results else np.empty(0, dtype=np.float32)
+    counts = np.concatenate([r.token_count for r in results]) if results else np.empty(0, dtype=np.int32)
+    order = np.lexsort((index, -logit))  # the server's order: logit descending, ties lower index first
+    if top_n is not None:
+        order = order[:top_n]
+    scores = sigmoid32(logit[order])
+    return [
+        RerankResult(int(index[o]), float(logit[o]), float(s), int(counts[o]),
+                     passages[int(index[o])] if return_text else None)
+        for o, s in zip(order, scores)
+    ]
+
+
+def check_arguments(query: str, passages: Sequence[str], top_n: int | None) -> None:
+    """Refuse what the server would refuse, naming the caller's passage index (requests reorder them).
+
+    Same checks and wording as the server's tokenizer: both use ``rerank_prompt.to_text``.
+    """
+    if isinstance(passages, (str, bytes)):
+        raise InvalidInputError("passages must be a list of texts, not a single string", "client")
+    if top_n is not None and top_n < 0:
+        raise InvalidInputError(f"top_n must not be negative, got {top_n}", "client")
+    try:
+        rp.to_text(query, "query")
+        for i, passage in enumerate(passages):
+            rp.to_text(passage, f"passage {i}")
+    except rp.RerankInputError as exc:
+        raise InvalidInputError(str(exc), "client") from None

@@ -1,0 +1,80 @@
+"""Typed errors that keep the server's message, and the rule for what is worth retrying."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+class RerankError(Exception):
+    """Base class; ``status`` is the gRPC status or HTTP code the server (or transport) gave."""
+
+    retryable = False
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class InvalidInputError(RerankError, ValueError):
+    """The server refused the request as invalid (INVALID_ARGUMENT / HTTP 400); never retried."""
+
+
+class InputTooLongError(InvalidInputError):
+    """A pair is longer than the server's limit and ``truncate`` is ``NONE``."""
+
+
+class ServerUnavailableError(RerankError):
+    """The server could not be reached or was overloaded, also after the retries."""
+
+    retryable = True
+
+
+class DeadlineExceededError(RerankError, TimeoutError):
+    """The call's deadline passed before every request was answered."""
+
+
+_RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.ABORTED",
+                     "503", "502", "504", "429"}
+_INVALID_STATUS = {"StatusCode.INVALID_ARGUMENT", "400"}
+_DEADLINE_STATUS = {"StatusCode.DEADLINE_EXCEEDED", "408"}
+_TIMEOUTS = (asyncio.TimeoutError, TimeoutError, socket.timeout)
+
+
+def classify(exc: BaseException) -> RerankError:
+    """Map a tritonclient / transport exception to our typed errors (message kept)."""
+    if isinstance(exc, RerankError):
+        return exc
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status()) if exc.status() is not None else None
+        message = exc.message() or str(exc)
+        if status in _INVALID_STATUS:
+            cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
+            return cls(message, status)
+        if status in _DEADLINE_STATUS:
+            return DeadlineExceededError(message, status)
+        loading = "has no available versions" in message or "is not ready" in message  # during a (re)start
+        if status in _RETRYABLE_STATUS or status is None or loading or _looks_like_connection_error(message):
+            return ServerUnavailableError(message, status)
+        return RerankError(message, status)
+    if isinstance(exc, _TIMEOUTS):
+        return DeadlineExceededError(str(exc) or "request timed out", "timeout")
+    if isinstance(exc, (ConnectionError, socket.error, OSError, EOFError)) or _is_transport_error(exc):
+        return ServerUnavailableError(f"{type(exc).__name__}: {exc}", "connection")
+    return RerankError(f"{type(exc).__name__}: {exc}")
+
+
+def _looks_like_connection_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(s in lowered for s in ("connection refused", "failed to connect", "connection reset",
+                                      "broken pipe", "socket closed", "unavailable"))
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """aiohttp / geventhttpclient errors without importing either eagerly."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("aiohttp", "geventhttpclient", "http.client", "gevent"))
+

@@ -1,0 +1,33 @@
+"""Results in the response shapes clients already parse: NIM's /v1/ranking and Cohere/Jina's."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .core import RerankResult
+
+
+def to_nim(results: Sequence[RerankResult], usage: bool = True) -> dict[str, Any]:
+    """NIM ``/v1/ranking``: ``{"rankings": [{"index", "logit"}], "usage"}``, best first."""
+    rankings = []
+    for r in results:
+        item: dict[str, Any] = {"index": r.index, "logit": r.logit}
+        if r.text is not None:
+            item["text"] = r.text
+        rankings.append(item)
+    out: dict[str, Any] = {"rankings": rankings}
+    if usage:
+        tokens = sum(r.token_count for r in results)
+        out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return out
+
+
+def to_cohere(results: Sequence[RerankResult]) -> dict[str, Any]:
+    """Cohere/Jina (LiteLLM, LangChain): ``{"results": [{"index", "relevance_score", "document"}]}``."""
+    items = []
+    for r in results:
+        item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
+        if r.text is not None:
+            item["document"] = {"text": r.text}
+        items.append(item)
+    return {"results": items}

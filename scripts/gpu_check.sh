@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# GPU check, one command, under 8 minutes. Writes $OUT/gpu_check.md (default build/gpu-check).
+#
+# - TensorRT present (NVIDIA's TensorRT container, or a Triton image with the tensorrt wheel):
+#   small preset -> fp16 ONNX -> engine -> parity of the engine against the reference (fp16
+#   tolerance 5e-2, identical rankings) -> throughput sweep of the engine; when a tritonserver with
+#   the TensorRT backend is also present (TRITONSERVER_BIN), the GPU repository is served and the
+#   served ensemble gets the same parity and sweep.
+# - TensorRT absent (e.g. a machine with only PyTorch): the reference model in bf16 at the real
+#   dimensions with random weights, same sweep, to anchor what a GPU does without TensorRT.
+# QUICK=1 shrinks every sweep (CPU smoke test in CI: DEVICE=cpu PRESET=tiny QUICK=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-build/gpu-check}
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+RB="$PY -m rerank_build.cli"
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-full}
+SEQS=${SEQS:-128,512,2048}
+BATCHES=${BATCHES:-1,8,32,128}
+ITERS=${ITERS:-5}
+if [ "${QUICK:-0}" = "1" ]; then SEQS=128; BATCHES=1,8; ITERS=1; fi
+mkdir -p "$OUT"
+REPORT="$OUT/gpu_check.md"
+started=$(date +%s)
+
+{
+  echo "# GPU check ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo
+  echo "- host: $(uname -n), $(nproc) CPUs"
+  if command -v nvidia-smi >/dev/null; then
+    echo "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+  else
+    echo "- GPU: none visible (nvidia-smi not found)"
+  fi
+  echo "- torch: $($PY -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo absent)"
+  echo "- TensorRT: $($PY -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || echo absent)"
+  echo
+} > "$REPORT"
+
+if $PY -c "import tensorrt" 2>/dev/null; then
+  W="$OUT/small"
+  $RB checkpoint --preset small --out "$W/checkpoint"
+  $RB export-onnx --checkpoint "$W/checkpoint" --dtype fp16 --out "$W/onnx-fp16"
+  $RB engine --onnx "$W/onnx-fp16/model.onnx" --precision fp16 --out "$W/engine" \
+      --buckets 64,128,256,512,1024,2048 --max-batch 128
+  echo "## TensorRT engine (small preset, fp16)" >> "$REPORT"
+  { echo '```'; $RB parity --checkpoint "$W/checkpoint" --engine "$W/engine/model.plan"; echo '```'; } >> "$REPORT"
+  $PY -m loadtests.gpu_sweep engine --engine "$W/engine/model.plan" --seqs "$SEQS" --batches "$BATCHES" \
+      --iters "$ITERS" --out "$REPORT"
+  if [ -n "${TRITONSERVER_BIN:-}" ]; then
+    TRT_VERSION=$($PY -c 'import tensorrt; print(tensorrt.__version__)')
+    $RB repository --checkpoint "$W/checkpoint" --target gpu --engine "$W/engine/model.plan" \
+        --out "$W/repository" --serving-tensorrt "$TRT_VERSION" --force
+    $PY - "$W/repository" "$W/checkpoint" "$REPORT" "$SEQS" "$BATCHES" <<'PYEOF'
+import subprocess, sys
+from rerank_build.server import TritonServer
+repo, ckpt, report, seqs, batches = sys.argv[1:]
+with TritonServer(repo, log_path=f"{repo}.log") as server:
+    with open(report, "a") as fh:
+        fh.write("## Served ensemble (Triton, TensorRT engine)\n\n```\n")
+        fh.flush()
+        subprocess.run([sys.executable, "-m", "rerank_build.cli", "parity", "--checkpoint", ckpt,
+                        "--endpoint", server.grpc_url], stdout=fh, check=False)
+        fh.write("```\n")
+    subprocess.run([sys.executable, "-m", "loadtests.gpu_sweep", "endpoint", "--url", server.grpc_url,
+                    "--seqs", seqs, "--batches", batches, "--out", report], check=True)
+PYEOF
+  fi
+else
+  echo "## No TensorRT: PyTorch reference ($PRESET dimensions, random weights)" >> "$REPORT"
+  DTYPE=bf16; [ "$DEVICE" = "cpu" ] && DTYPE=fp32
+  $PY -m loadtests.gpu_sweep reference --preset "$PRESET" --dtype "$DTYPE" --device "$DEVICE" \
+      --seqs "$SEQS" --batches "$BATCHES" --iters "$ITERS" --out "$REPORT"
+fi
+
+echo "- total wall time: $(( $(date +%s) - started )) s" >> "$REPORT"
+cat "$REPORT"

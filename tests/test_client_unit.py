@@ -1,0 +1,119 @@
+"""Client logic without a server: limits, planning, merging, scores, formats, errors, CLI input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from rerank_client import (
+    DeadlineExceededError, InputTooLongError, InvalidInputError, RerankError, RerankResult, ServerLimits,
+    ServerUnavailableError,
+    to_cohere, to_nim,
+)
+from rerank_client.cli import read_passages
+from rerank_client.core import RetryPolicy, TokenEstimator, is_too_large, merge, plan_requests, sigmoid32
+from rerank_client.errors import classify
+from rerank_client.tensors import RawResult
+
+CONFIG = {"max_batch_size": 64, "parameters": {
+    "max_rows_per_request": {"string_value": "64"}, "max_tokens_per_request": {"string_value": "16384"},
+    "max_sequence_length": {"string_value": "8192"}, "length_buckets": {"string_value": "64,128,256,512,8192"}}}
+
+
+def test_limits_from_config():
+    limits = ServerLimits.from_config(CONFIG)
+    assert limits == ServerLimits(64, 16384, 8192, (64, 128, 256, 512, 8192))
+    assert ServerLimits.from_config({"config": {"max_batch_size": 32}}) == ServerLimits(32, None, 8192, None)
+
+
+def test_plan_groups_similar_lengths_within_limits():
+    limits = ServerLimits.from_config(CONFIG)
+    lengths = [500, 20, 480, 30, 25, 490] + [60] * 200
+    chunks = plan_requests(lengths, limits)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        width = limits.padded(max(lengths[i] for i in chunk))
+        assert len(chunk) <= 64 and len(chunk) * width <= 16384
+    long_chunk = next(c for c in chunks if 0 in c)
+    assert set(long_chunk) == {0, 2, 5}, "the long passages travel together"
+
+
+def test_plan_respects_a_smaller_client_row_cap_and_end_truncation():
+    limits = ServerLimits.from_config(CONFIG)
+    assert max(len(c) for c in plan_requests([10] * 100, limits, max_rows=16)) == 16
+    # with END a 20,000-token estimate is capped at 8192: one row per request still fits 16384
+    assert plan_requests([20000, 20000], limits, truncate="END") == [[0, 1]]
+
+
+def test_estimates_are_exact_with_a_tokenizer_and_safe_without(tiny_checkpoint, encoder):
+    passages = ["two roads diverged in a yellow wood", "東京の人口は約1400万人", "🙂" * 5, "x"]
+    exact = TokenEstimator(str(tiny_checkpoint)).estimate("which way?", passages)
+    assert exact == [len(r) for r in encoder.encode("which way?", passages)]
+    guess = TokenEstimator().estimate("which way?", passages)
+    assert all(g >= e for g, e in zip(guess, exact))
+
+
+def test_merge_maps_indices_and_applies_top_n_globally():
+    chunks = [[4, 1], [0, 3, 2]]
+    results = [RawResult(np.array([1, 0]), np.array([3.0, -1.0], np.float32), np.array([7, 8])),
+               RawResult(np.array([2, 0, 1]), np.array([5.0, 3.0, 0.0], np.float32), np.array([9, 10, 11]))]
+    merged = merge(chunks, results, ["p0", "p1", "p2", "p3", "p4"], top_n=3, return_text=True)
+    assert [(r.index, r.logit, r.token_count, r.text) for r in merged] == [
+        (2, 5.0, 9, "p2"), (0, 3.0, 10, "p0"), (1, 3.0, 7, "p1")]  # tie at 3.0: lower index first
+
+
+def test_sigmoid_is_fp32_and_stable():
+    out = sigmoid32(np.array([-1000.0, -20.0, 0.0, 20.0, 1000.0]))
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    assert out[2] == np.float32(0.5) and out[0] == 0.0 and out[-1] == 1.0
+    np.testing.assert_allclose(out[1], 1 / (1 + np.exp(20.0)), rtol=1e-6)
+
+
+def test_formats():
+    results = [RerankResult(2, 1.5, 0.8176, 12, "b"), RerankResult(0, -3.0, 0.0474, 10)]
+    assert to_nim(results) == {"rankings": [{"index": 2, "logit": 1.5, "text": "b"}, {"index": 0, "logit": -3.0}],
+                               "usage": {"prompt_tokens": 22, "total_tokens": 22}}
+    assert to_cohere(results) == {"results": [{"index": 2, "relevance_score": 0.8176, "document": {"text": "b"}},
+                                              {"index": 0, "relevance_score": 0.0474}]}
+
+
+@pytest.mark.parametrize("status,message,expected", [
+    ("StatusCode.INVALID_ARGUMENT", "query is empty", InvalidInputError),
+    ("400", "Input length 9000 exceeds maximum allowed token size 8192", InputTooLongError),
+    ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnavailableError),
+    ("503", "exceeds maximum queue size", ServerUnavailableError),
+    ("StatusCode.RESOURCE_EXHAUSTED", "too big", ServerUnavailableError),
+    ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceededError),
+    ("StatusCode.NOT_FOUND", "Request for unknown model: 'm' has no available versions", ServerUnavailableError),
+    ("404", "Request for unknown model: 'm' is not found", RerankError),
+])
+def test_classify_keeps_the_message(status, message, expected):
+    error = classify(InferenceServerException(message, status=status))
+    assert type(error) is expected and error.message == message and error.status == status
+    assert error.retryable == (expected is ServerUnavailableError)
+
+
+def test_connection_errors_are_retryable():
+    assert isinstance(classify(ConnectionRefusedError("refused")), ServerUnavailableError)
+    assert isinstance(classify(TimeoutError()), DeadlineExceededError)
+
+
+def test_too_large_refusals_are_recognised():
+    assert is_too_large(InvalidInputError("request needs 40 x 512 = 20480 padded tokens, more than the limit of "
+                                          "16384 per request; send fewer or shorter passages per request"))
+    assert not is_too_large(InvalidInputError("passage 1 is empty"))
+
+
+def test_backoff_grows_and_is_capped():
+    policy = RetryPolicy(retries=10, base_s=0.1, max_s=1.0)
+    assert all(0 <= policy.delay(a) <= min(1.0, 0.1 * 2 ** a) for a in range(10) for _ in range(20))
+
+
+def test_cli_reads_jsonl_and_plain_lines():
+    assert read_passages(io.StringIO('{"text": "a"}\n\nplain line\n{"text": "c", "id": 3}\n')) == [
+        "a", "plain line", "c"]
+    with pytest.raises(SystemExit, match="line 1"):
+        read_passages(io.StringIO('{"txt": "a"}\n'))

@@ -1,0 +1,53 @@
+"""Containers and GPU scripts, checked without Docker or a GPU: lint, structure, a CPU smoke run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.triton", "Dockerfile.build"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    done = subprocess.run([str(BIN / "hadolint"), str(ROOT / "docker" / dockerfile)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_both_images_share_one_release():
+    for name in ("Dockerfile.triton", "Dockerfile.build"):
+        text = (ROOT / "docker" / name).read_text()
+        assert "ARG TRITON_RELEASE=25.06" in text and "${TRITON_RELEASE}-py3" in text
+
+
+def test_compose_serves_on_gpus_with_nims_ports():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    triton = compose["services"]["triton"]
+    assert triton["ports"] == ["${HTTP_PORT:-8000}:8000", "${GRPC_PORT:-8001}:8001", "${METRICS_PORT:-8002}:8002"]
+    device = triton["deploy"]["resources"]["reservations"]["devices"][0]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert triton["volumes"][0].endswith(":/models:ro")
+    assert compose["services"]["build"]["profiles"] == ["tools"]
+
+
+def test_shell_scripts_pass_shellcheck():
+    done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "scripts" / "gpu_check.sh"), str(ROOT / ".ci" / "run")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke(tmp_path):
+    """The no-TensorRT branch end to end, on CPU with the tiny preset (the real run needs a GPU)."""
+    env = dict(os.environ, OUT=str(tmp_path), DEVICE="cpu", PRESET="tiny", QUICK="1", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "No TensorRT" in report and "| 128 | 8 |" in report and "total wall time" in report
