@@ -234,6 +234,32 @@ def encode_request(
     return left_pad(rows, pad_id=pad_id, length=width)
 
 
+def compact_runs(lengths: "Sequence[int] | np.ndarray", max_tokens: int, granularity: int = 32,
+                 growth: float = 1.5) -> list[tuple[np.ndarray, int]]:
+    """Regroup left-padded rows by true length for an engine that accepts any width (CPU).
+
+    Returns (row indices, width) per run: rows sorted by length; a run closes when the next row would
+    exceed ``max_tokens`` padded tokens or widen the run past ``growth`` times its first row's width.
+    Widths are multiples of ``granularity`` (fewer distinct shapes). Scores do not depend on padding.
+    """
+    lengths = np.asarray(lengths)
+    runs: list[tuple[np.ndarray, int]] = []
+    group: list[int] = []
+    first = width = 0
+    for i in np.argsort(lengths, kind="stable"):
+        row_width = max(granularity, -(-int(lengths[i]) // granularity) * granularity)
+        if group and ((len(group) + 1) * row_width > max_tokens or row_width > growth * first):
+            runs.append((np.array(group), width))
+            group = []
+        if not group:
+            first = row_width
+        group.append(int(i))
+        width = row_width
+    if group:
+        runs.append((np.array(group), width))
+    return runs
+
+
 def choose_bucket(length: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
     """Smallest bucket that holds ``length`` tokens; the length itself past the last bucket."""
     for bucket in sorted(buckets):

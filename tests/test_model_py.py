@@ -98,6 +98,33 @@ def test_engine_batches_requests_and_chunks_runs(tiny_repository, tiny_onnx_fp32
         np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-5)
 
 
+def test_engine_regroups_rows_by_true_length(tiny_repository, tiny_onnx_fp32, encoder):
+    """Rows padded to one bucket run cut to their own lengths: same logits, far fewer tokens."""
+    from rerank_build.export_onnx import ort_session
+    from rerank_build.textgen import FIXED_CASES
+
+    engine = load_model(tiny_repository, "engine")
+    rows = [r for case in FIXED_CASES for r in encoder.encode(case.query, case.passages)]
+    batch = rp.left_pad(rows, length=512)  # as the tokenizer pads a request with one long row
+    out = engine.execute([pb.InferenceRequest({"input_ids": batch.input_ids,
+                                              "attention_mask": batch.attention_mask})])[0]
+    expected = ort_session(tiny_onnx_fp32).run(None, {"input_ids": batch.input_ids,
+                                                      "attention_mask": batch.attention_mask})[0]
+    np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-5)
+    runs = rp.compact_runs(batch.attention_mask.sum(1), max_tokens=16384)
+    assert sum(len(r) * w for r, w in runs) < batch.input_ids.size / 4
+    assert sorted(i for r, _ in runs for i in r) == list(range(len(rows)))
+
+
+def test_compact_runs_bound_tokens_and_growth():
+    lengths = np.array([10, 500, 40, 33, 64, 70, 300, 12])
+    runs = rp.compact_runs(lengths, max_tokens=256)
+    for rows, width in runs:
+        assert len(rows) * width <= 256 or len(rows) == 1
+        assert all(lengths[i] <= width for i in rows)
+    assert sorted(i for r, _ in runs for i in r) == list(range(8))
+
+
 def test_postprocess_sorts_and_aligns(tiny_repository):
     post = load_model(tiny_repository, "postprocess")
     logits = np.array([[0.5], [2.0], [0.5], [-1.0]], dtype=np.float32)

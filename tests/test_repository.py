@@ -31,13 +31,14 @@ def test_every_config_parses_and_names_match(tiny_repository):
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["tokenizer", "engine", "postprocess"]
     engine = names["engine"]
     assert engine.dynamic_batching.max_queue_delay_microseconds == 100
-    assert engine.dynamic_batching.default_queue_policy.max_queue_size == 256
+    assert not engine.dynamic_batching.HasField("default_queue_policy"), "no queue bound unless asked for"
     assert [i.name for i in engine.input] == ["input_ids", "attention_mask"]
 
 
 def test_repository_is_self_contained(tiny_repository):
-    shipped = (tiny_repository / "tokenizer" / "1" / "rerank_prompt.py").read_bytes()
-    assert shipped == Path(rerank_prompt.__file__).read_bytes(), "one prompt module, copied verbatim"
+    for model in ("tokenizer", "engine"):
+        shipped = (tiny_repository / model / "1" / "rerank_prompt.py").read_bytes()
+        assert shipped == Path(rerank_prompt.__file__).read_bytes(), "one prompt module, copied verbatim"
     for py in tiny_repository.rglob("*.py"):
         text = py.read_text()
         assert "rerank_build" not in text and "sys.path" not in text and str(ROOT) not in text, py
@@ -51,7 +52,7 @@ def test_every_template_parameter_is_documented():
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M))
     used = set().union(*template_parameters().values())
     assert used <= documented, f"undocumented template parameters: {sorted(used - documented)}"
-    assert documented <= used | {"gpus", "profiles"}, f"documented but unused: {sorted(documented - used)}"
+    assert documented <= used | {"gpus", "profiles", "max_queue_size"}, f"documented but unused: {sorted(documented - used)}"
 
 
 @pytest.mark.parametrize("overrides,fragment", [

@@ -254,3 +254,33 @@ def test_stop_leaves_no_process(tiny_repository):
     pgid = server.process.pid
     server.stop()
     assert not process_group_alive(pgid)
+
+
+def test_bounded_queue_rejects_overload_fast(tiny_checkpoint, tiny_onnx_fp32, artifacts):
+    """With max_queue_size set, a burst beyond the queue is refused at once with UNAVAILABLE / 503."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rerank_build.repository import RepositorySettings, build_repository
+    from rerank_build.server import TritonServer
+    from tritonclient.utils import InferenceServerException
+
+    repo = build_repository(tiny_checkpoint, artifacts / "repo-bounded",
+                            RepositorySettings(**{**TEST_LIMITS, "max_queue_size": 1}), onnx=tiny_onnx_fp32)
+    passages = ["word " * 200] * 32
+
+    with TritonServer(repo) as srv:
+        def one(i: int):
+            proto = "grpc" if i % 2 else "http"
+            try:
+                infer_once(srv.url(proto), proto, DEFAULT_ENSEMBLE_NAME, QUERY, passages, truncate="END")
+                return "ok"
+            except InferenceServerException as exc:
+                return str(exc.status()), exc.message()
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(one, range(32)))
+        rejected = [o for o in outcomes if o != "ok"]
+        assert rejected and "ok" in outcomes
+        assert all(status in ("StatusCode.UNAVAILABLE", "503") and "queue" in message.lower()
+                   for status, message in rejected), rejected
+        assert_still_serving(srv, "grpc")

@@ -54,7 +54,7 @@ class RepositorySettings:
     engine_max_batch_size: int = 512
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 100
-    max_queue_size: int = 256
+    max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
     # cpu target
     engine_instances: int = 1
     ort_threads: int = 0
@@ -73,11 +73,11 @@ class RepositorySettings:
             problems.append(f"ensemble name {self.ensemble_name!r} collides with a composing model")
         for name in ("max_rows", "max_sequence_length", "max_request_tokens", "tokenizer_instances",
                      "postprocess_instances", "engine_max_batch_size", "engine_instances", "instances_per_gpu",
-                     "engine_tokens_per_run", "max_queue_size"):
+                     "engine_tokens_per_run"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue_delay_us < 0 or self.ort_threads < 0:
-            problems.append("max_queue_delay_us and ort_threads must not be negative")
+        if self.max_queue_delay_us < 0 or self.ort_threads < 0 or self.max_queue_size < 0:
+            problems.append("max_queue_delay_us, ort_threads and max_queue_size must not be negative")
         if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1:
             problems.append(f"buckets must be increasing positive lengths, got {list(self.buckets)}")
         elif self.buckets[-1] < self.max_sequence_length:
@@ -103,7 +103,12 @@ class RepositorySettings:
         values["buckets"] = ",".join(map(str, self.buckets))
         values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
         values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, tuple(range(num_profiles)))
+        # A max_queue_size turns off Triton's payload prefetching: measured on Triton 2.51, a request
+        # that arrives while the engine is busy then waits for the batcher's 500 ms poll. Opt-in only.
+        values["queue_policy"] = (f"default_queue_policy {{ max_queue_size: {self.max_queue_size} }}"
+                                  if self.max_queue_size else "")
         values.pop("gpus")
+        values.pop("max_queue_size")
         return values
 
 
@@ -178,7 +183,19 @@ def _source_signature(checkpoint: str, onnx: str | None, engine: str | None, set
         return {"path": str(p.resolve()), "mtime": p.stat().st_mtime} if p.exists() else str(path)
 
     return {"checkpoint": stamp(checkpoint), "onnx": stamp(onnx), "engine": stamp(engine),
-            "settings": asdict(settings)}
+            "settings": asdict(settings), "templates": _templates_digest()}
+
+
+def _templates_digest() -> str:
+    """Changes to any template, model.py or the prompt module invalidate a --reuse."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(rerank_prompt.__file__).read_bytes())
+    for path in sorted(TEMPLATES.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".pbtxt"):
+            digest.update(path.relative_to(TEMPLATES).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def is_current(out: Path, signature: dict) -> bool:
@@ -233,6 +250,7 @@ def build_repository(
 
     engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
     if settings.target == "cpu":
+        shutil.copy2(rerank_prompt.__file__, engine_dir / "rerank_prompt.py")
         _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
     else:
         _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
@@ -252,7 +270,7 @@ def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
         logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
         export_onnx(ckpt_dir, engine_dir, dtype="fp32")
         for extra in engine_dir.iterdir():
-            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", "export_meta.json"):
+            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", "rerank_prompt.py", "export_meta.json"):
                 extra.unlink()
         return
     if not onnx.is_file():

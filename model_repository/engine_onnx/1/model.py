@@ -1,14 +1,21 @@
 """CPU engine step: ONNX Runtime with the TensorRT engine's tensors (input_ids, attention_mask ->
-logits). The dynamic batcher hands over several requests; rows of equal length run together, in
-chunks of at most ``max_tokens_per_run`` padded tokens to bound memory."""
+logits).
+
+The dynamic batcher hands over several requests. Their rows arrive left-padded to one length bucket
+(the shape Triton batches on), so before running ONNX Runtime the rows are regrouped by their true
+length (``rerank_prompt.compact_runs``, copied beside this file) and each group is cut to its own
+longest row: a request whose passages are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask and relative RoPE
+make a row's score independent of its padding (tested), so this changes speed, not scores.
+"""
 
 import json
 import os
-from collections import defaultdict
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+import rerank_prompt as rp
 
 
 class TritonPythonModel:
@@ -28,34 +35,36 @@ class TritonPythonModel:
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests]
-        results = [None] * len(requests)
-        by_width = defaultdict(list)
-        for i, block in enumerate(ids):
-            by_width[block.shape[1]].append(i)
-        for width, members in by_width.items():
-            try:
-                logits = self._run(np.concatenate([ids[i] for i in members]),
-                                   np.concatenate([masks[i] for i in members]), width)
-            except Exception as exc:  # an engine failure fails these requests, not the server
-                error = pb_utils.TritonError(f"engine failed: {exc}", pb_utils.TritonError.INTERNAL)
-                for i in members:
-                    results[i] = pb_utils.InferenceResponse(error=error)
-                continue
-            start = 0
-            for i in members:
-                rows = ids[i].shape[0]
-                results[i] = pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor("logits", logits[start:start + rows])])
-                start += rows
-        return results
+        try:
+            logits = self.score(ids, masks)
+        except Exception as exc:  # an engine failure fails these requests, not the server
+            error = pb_utils.TritonError(f"engine failed: {exc}", pb_utils.TritonError.INTERNAL)
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+        responses, start = [], 0
+        for block in ids:
+            rows = block.shape[0]
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("logits", logits[start:start + rows])]))
+            start += rows
+        return responses
 
-    def _run(self, input_ids, attention_mask, width):
-        step = max(1, self.max_tokens // max(width, 1))
-        out = [
-            self.session.run(["logits"], {
-                "input_ids": input_ids[s:s + step].astype(np.int32, copy=False),
-                "attention_mask": attention_mask[s:s + step].astype(np.int32, copy=False),
+    def score(self, ids, masks):
+        """Logits [rows, 1] for the rows of all requests, in order (blocks may differ in width)."""
+        width = max(block.shape[1] for block in ids)
+        input_ids = np.concatenate([_left_pad(b, width, 0) for b in ids])
+        mask = np.concatenate([_left_pad(m, width, 0) for m in masks])
+        lengths = mask.sum(axis=1)
+        logits = np.empty((input_ids.shape[0], 1), dtype=np.float32)
+        for rows, run_width in rp.compact_runs(lengths, self.max_tokens):
+            logits[rows] = self.session.run(["logits"], {
+                "input_ids": np.ascontiguousarray(input_ids[rows, -run_width:], dtype=np.int32),
+                "attention_mask": np.ascontiguousarray(mask[rows, -run_width:], dtype=np.int32),
             })[0]
-            for s in range(0, input_ids.shape[0], step)
-        ]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return logits
+
+
+def _left_pad(block, width, value):
+    if block.shape[1] == width:
+        return block
+    pad = np.full((block.shape[0], width - block.shape[1]), value, dtype=block.dtype)
+    return np.concatenate([pad, block], axis=1)

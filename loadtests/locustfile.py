@@ -1,0 +1,139 @@
+"""Locust load test of the reranker ensemble, over gRPC and HTTP.
+
+User classes (pick on the command line; all by default):
+- ``GrpcClientUser`` / ``HttpClientUser``: through our client library (``rerank_client``);
+- ``GrpcRawUser`` / ``HttpRawUser``: raw tritonclient sending the SAME requests (the client's plan,
+  one after another), so the client library's overhead is visible side by side.
+Each task is one rerank call from the seeded workload (``loadtests/workload.py``), reported as
+type ``<protocol>-<client|raw>``, name ``rerank``; Locust's "content size" of a call is its number of
+pairs, so pairs/s = requests/s x average content size.
+
+    locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 60s --grpc-url localhost:8001
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+# gRPC must cooperate with gevent before any channel exists (see ../shared/TRITON_NOTES.md).
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+from locust import User, between, constant, constant_throughput, events, task  # noqa: E402
+
+from loadtests.workload import Workload, WorkloadSpec  # noqa: E402
+from rerank_client import RerankClient, ServerLimits  # noqa: E402
+from rerank_client.core import TokenEstimator, plan_requests  # noqa: E402
+from rerank_client.errors import classify  # noqa: E402
+from rerank_client.tensors import (  # noqa: E402
+    DEFAULT_ENSEMBLE_NAME, build_inputs, build_outputs, parse_result, protocol_module, request_parameters,
+)
+
+_worker_ids = itertools.count()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser) -> None:
+    group = parser.add_argument_group("reranker")
+    group.add_argument("--grpc-url", default="localhost:8001", env_var="GRPC_URL")
+    group.add_argument("--http-url", default="localhost:8000", env_var="HTTP_URL")
+    group.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
+    group.add_argument("--workload-seed", type=int, default=0)
+    group.add_argument("--passages", default="10,50,100", help="passages per request, drawn from this mix")
+    group.add_argument("--lengths", default="", help="token length mix, e.g. 0.85:50-500,0.12:500-2000,0.03:2000-4000")
+    group.add_argument("--pacing", default="none",
+                       help="none | constant:SECONDS | between:MIN-MAX | throughput:CALLS_PER_SECOND (per user)")
+    group.add_argument("--truncate", default="END", choices=["END", "NONE"])
+    group.add_argument("--client-concurrency", type=int, default=1,
+                       help="requests in flight per call in the client library (1: same as the raw users)")
+
+
+def _wait_time(pacing: str):
+    kind, _, value = pacing.partition(":")
+    if kind == "none":
+        return constant(0)
+    if kind == "constant":
+        return constant(float(value))
+    if kind == "between":
+        low, high = value.split("-")
+        return between(float(low), float(high))
+    if kind == "throughput":
+        return constant_throughput(float(value))
+    raise ValueError(f"unknown --pacing {pacing!r}")
+
+
+class RerankUser(User):
+    abstract = True
+    protocol = "grpc"
+    via_client = True
+
+    def wait_time(self):  # type: ignore[override]
+        if not hasattr(self, "_pacer"):
+            self._pacer = _wait_time(self.environment.parsed_options.pacing)
+        return self._pacer(self)
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        self.url = opts.grpc_url if self.protocol == "grpc" else opts.http_url
+        self.truncate = opts.truncate
+        self.model = opts.model
+        self.workload = Workload(WorkloadSpec.parse(opts.workload_seed, opts.passages, opts.lengths or None),
+                                 worker=next(_worker_ids))
+        self.client = RerankClient(self.url, self.protocol, model=self.model, truncate=self.truncate,
+                                   max_concurrency=opts.client_concurrency)
+        self.limits: ServerLimits = self.client.limits
+        self.estimator = TokenEstimator()
+        if not self.via_client:
+            self.raw = protocol_module(self.protocol).InferenceServerClient(self.url)
+
+    def on_stop(self) -> None:
+        # Without closing, Locust hangs at exit in gRPC channel cleanup.
+        self.client.close()
+        if not self.via_client:
+            self.raw.close()
+
+    @task
+    def rerank(self) -> None:
+        request = self.workload.request()
+        started = time.perf_counter()
+        exception = None
+        try:
+            if self.via_client:
+                self.client.rerank(request.query, list(request.passages))
+            else:
+                self._raw(request.query, list(request.passages))
+        except Exception as exc:  # noqa: BLE001 - reported to Locust, typed
+            exception = classify(exc)
+        events.request.fire(
+            request_type=f"{self.protocol}-{'client' if self.via_client else 'raw'}",
+            name="rerank", response_time=(time.perf_counter() - started) * 1000,
+            response_length=request.pairs, exception=exception, context={},
+        )
+
+    def _raw(self, query: str, passages: list[str]) -> None:
+        """The client's plan, sent with plain tritonclient calls one after another."""
+        module = protocol_module(self.protocol)
+        chunks = plan_requests(self.estimator.estimate(query, passages), self.limits,
+                               self.client.max_rows_per_request, self.truncate)
+        for chunk in chunks:
+            parse_result(self.raw.infer(self.model, build_inputs(module, query, [passages[i] for i in chunk]),
+                                        outputs=build_outputs(module),
+                                        parameters=request_parameters(self.truncate)))
+
+
+class GrpcClientUser(RerankUser):
+    protocol, via_client = "grpc", True
+
+
+class HttpClientUser(RerankUser):
+    protocol, via_client = "http", True
+
+
+class GrpcRawUser(RerankUser):
+    protocol, via_client = "grpc", False
+
+
+class HttpRawUser(RerankUser):
+    protocol, via_client = "http", False

