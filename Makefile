@@ -22,7 +22,16 @@ REPOSITORY ?= $(BUILD)/model_repository
 DEFAULT_CHECKPOINT := $(BUILD)/checkpoints/small
 SERVE_CHECKPOINT := $(if $(MODEL),$(MODEL),$(DEFAULT_CHECKPOINT))
 
-.PHONY: setup test serve repository checkpoint onnx parity full-check clean
+# make loadtest: DURATION=60s USERS=8 SPAWN_RATE=8 USER_CLASSES=... LOCUST_ARGS="--passages 10,50"
+DURATION ?= 60s
+USERS ?= 8
+SPAWN_RATE ?= 8
+USER_CLASSES ?= GrpcClientUser,HttpClientUser,GrpcRawUser,HttpRawUser
+LOCUST_ARGS ?=
+# make bench: QUICK=1 for the CI mode (tiny preset, few requests, no vLLM)
+QUICK ?=
+
+.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest bench clean
 
 setup: $(STAMP)
 
@@ -56,6 +65,15 @@ onnx: checkpoint
 parity: onnx
 	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp32/model.onnx
 	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp16/model.onnx
+
+# Headless Locust run against the server at GRPC_PORT/HTTP_PORT, or one started on REPOSITORY.
+loadtest: repository
+	$(BIN)/python -m loadtests.run_loadtest --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
+		--user-classes $(USER_CLASSES) --grpc-url $(HOST):$(GRPC_PORT) --http-url $(HOST):$(HTTP_PORT) \
+		--repository $(REPOSITORY) -- $(LOCUST_ARGS)
+
+bench: setup
+	$(BIN)/python -m loadtests.bench $(if $(QUICK),--quick)
 
 # Full-size preset (1.24B random weights): minutes and ~15 GB of memory, not part of CI.
 full-check: setup

@@ -148,7 +148,7 @@ def peer_rows(make, requests, counts, levels, name: str) -> list[Row]:
 def overhead_scenario(log_dir: Path, n: int, seed: int) -> list[str]:
     """tiny preset, 64 passages of ~110 tokens, one client in series: p50 per request."""
     ckpt, onnx = prepare("tiny", seed)
-    workload = Workload(WorkloadSpec(seed=seed, passage_mix=(64,), length_mix=((1.0, 95, 125),)))
+    workload = Workload(WorkloadSpec(seed=seed, passage_mix=(64,), length_mix=((1.0, 75, 100),)))
     requests = workload.take(n)
     encoder = rp.PairEncoder(rp.load_tokenizer(str(ckpt)))
     mean_tokens = np.mean([len(r) for q in requests[:4] for r in encoder.encode(q.query, q.passages, "END")])

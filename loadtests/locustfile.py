@@ -32,6 +32,18 @@ from rerank_client.tensors import (  # noqa: E402
 )
 
 _worker_ids = itertools.count()
+#: Every client opened by a user; closed again at test stop, also for users Locust had to kill
+#: (an open gRPC channel makes Locust hang at exit).
+_open_clients: list = []
+
+
+@events.test_stop.add_listener
+def _close_clients(**_kwargs) -> None:
+    while _open_clients:
+        try:
+            _open_clients.pop().close()
+        except Exception:  # noqa: BLE001 - closing twice or a broken channel
+            pass
 
 
 @events.init_command_line_parser.add_listener
@@ -83,16 +95,19 @@ class RerankUser(User):
                                  worker=next(_worker_ids))
         self.client = RerankClient(self.url, self.protocol, model=self.model, truncate=self.truncate,
                                    max_concurrency=opts.client_concurrency)
+        _open_clients.append(self.client)
         self.limits: ServerLimits = self.client.limits
         self.estimator = TokenEstimator()
         if not self.via_client:
             self.raw = protocol_module(self.protocol).InferenceServerClient(self.url)
+            _open_clients.append(self.raw)
 
     def on_stop(self) -> None:
         # Without closing, Locust hangs at exit in gRPC channel cleanup.
-        self.client.close()
-        if not self.via_client:
-            self.raw.close()
+        for client in [self.client] + ([] if self.via_client else [self.raw]):
+            client.close()
+            if client in _open_clients:
+                _open_clients.remove(client)
 
     @task
     def rerank(self) -> None:

@@ -133,6 +133,41 @@ def plot(prefix: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+def run_locust(cmd: list[str], hard_limit_s: float, exit_grace_s: float = 15.0) -> bool:
+    """Run Locust, echoing its output. gRPC can keep Locust from exiting after its last report
+    (seen after failed RPCs under gevent): once it has logged "Shutting down", it gets
+    ``exit_grace_s`` to exit and is then killed. False only when it never finished its run."""
+    import threading
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    finished = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            sys.stdout.write(line)
+            if "Shutting down (exit code" in line:
+                finished.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + hard_limit_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        if finished.wait(1.0):
+            try:
+                proc.wait(timeout=exit_grace_s)
+            except subprocess.TimeoutExpired:
+                print(f"locust did not exit {exit_grace_s:.0f}s after its report; killing it", flush=True)
+            break
+    if proc.poll() is None:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    reader.join(5)
+    return finished.is_set()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=parse_duration, default=parse_duration("60s"))
@@ -166,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             *args.user_classes.split(","),
         ]
         print(" ".join(cmd), flush=True)
-        try:
-            subprocess.run(cmd, timeout=args.duration + 120, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        except subprocess.TimeoutExpired:
+        if not run_locust(cmd, hard_limit_s=args.duration + 120):
             print("locust overran its time limit; killed", file=sys.stderr)
             return 3
     summary, unexpected = summarize(prefix, args.duration, args.users,

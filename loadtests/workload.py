@@ -18,8 +18,10 @@ from rerank_build.textgen import LANGS, WORDS
 #: (weight, low, high) token ranges of passages, drawn log-uniformly inside a range.
 DEFAULT_LENGTH_MIX: tuple[tuple[float, int, int], ...] = ((0.85, 50, 500), (0.12, 500, 2000), (0.03, 2000, 4000))
 DEFAULT_PASSAGE_MIX: tuple[int, ...] = (10, 50, 100)
-#: Llama-3 tokens per word of each word list (measured with the tokenizer; used to size passages).
-TOKENS_PER_WORD = 2.2
+#: Llama-3 tokens per word of each word list (measured with the tokenizer on 5,000 words each), used
+#: to size passages in tokens without tokenizing them.
+TOKENS_PER_WORD = {"en": 1.0, "de": 1.66, "fr": 1.33, "es": 1.4, "ru": 1.78, "el": 3.19, "ar": 2.09, "he": 4.88,
+                   "hi": 3.18, "th": 2.74, "zh": 2.15, "ja": 2.4, "ko": 1.25, "vi": 1.13, "misc": 2.77}
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,13 @@ class WorkloadSpec:
         return cls(seed=seed, passage_mix=mix, length_mix=length_mix)
 
 
-def _text(rng: random.Random, n_words: int) -> str:
-    """Words from one or two scripts; the leading word is random so prefixes differ too."""
+def _text(rng: random.Random, tokens: int | None = None, words: int | None = None) -> str:
+    """Text from one or two scripts, about ``tokens`` tokens long (or exactly ``words`` words)."""
     langs = rng.sample(LANGS, k=rng.choice((1, 1, 2)))
-    return " ".join(rng.choice(WORDS[rng.choice(langs)]) for _ in range(max(1, n_words)))
+    if words is None:
+        per_word = sum(TOKENS_PER_WORD[lang] for lang in langs) / len(langs)
+        words = round((tokens or 1) / per_word)
+    return " ".join(rng.choice(WORDS[rng.choice(langs)]) for _ in range(max(1, words)))
 
 
 def passage_tokens(rng: random.Random, mix: Sequence[tuple[float, int, int]]) -> int:
@@ -78,9 +83,8 @@ class Workload:
     def request(self, passages: int | None = None) -> Request:
         rng = self.rng
         n = passages or rng.choice(self.spec.passage_mix)
-        query = _text(rng, rng.randint(*self.spec.query_words))
-        texts = tuple(_text(rng, max(1, round(passage_tokens(rng, self.spec.length_mix) / TOKENS_PER_WORD)))
-                      for _ in range(n))
+        query = _text(rng, words=rng.randint(*self.spec.query_words))
+        texts = tuple(_text(rng, tokens=passage_tokens(rng, self.spec.length_mix)) for _ in range(n))
         return Request(query, texts)
 
     def __iter__(self) -> Iterator[Request]:

@@ -1,0 +1,70 @@
+"""Workload generator, the Locust run driver (a short smoke run) and the bench harness (quick mode)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from loadtests import bench, run_loadtest
+from loadtests.workload import Workload, WorkloadSpec
+
+pytestmark = pytest.mark.server
+
+
+def test_workload_is_seeded_varied_and_multilingual(encoder):
+    a, b = Workload(WorkloadSpec(seed=3)).take(20), Workload(WorkloadSpec(seed=3)).take(20)
+    assert a == b
+    assert Workload(WorkloadSpec(seed=3), worker=1).take(20) != a
+    assert {r.pairs for r in a} <= {10, 50, 100} and len({r.pairs for r in a}) > 1
+    assert len({r.query for r in a}) == 20 and len({p for r in a for p in r.passages}) > 0.99 * sum(r.pairs for r in a)
+    lengths = np.array([len(ids) for r in a for ids in encoder.encode(r.query, r.passages, "END")])
+    assert 0.7 < np.mean((lengths >= 40) & (lengths <= 600)) and lengths.max() > 2000
+    scripts = {"Cyrillic": "\u0400", "Arabic": "\u0600", "Thai": "\u0e00", "CJK": "\u4e00"}
+    text = " ".join(p for r in a for p in r.passages)
+    assert sum(any(ord(lo) <= ord(ch) < ord(lo) + 256 for ch in text) for lo in scripts.values()) >= 3
+    assert all(5 <= len(r.query.split()) <= 30 for r in a)
+
+
+def test_workload_spec_parsing():
+    spec = WorkloadSpec.parse(1, "4,8", "0.9:20-200,0.1:200-400")
+    assert spec.passage_mix == (4, 8) and spec.length_mix == ((0.9, 20, 200), (0.1, 200, 400))
+
+
+@pytest.mark.slow
+def test_locust_smoke_run_writes_a_report(server, tmp_path):
+    code = run_loadtest.main(["--duration", "12s", "--users", "4", "--spawn-rate", "4",
+                              "--grpc-url", server.grpc_url, "--http-url", server.http_url,
+                              "--reports", str(tmp_path), "--", "--passages", "4,8", "--lengths", "1.0:20-200"])
+    assert code == 0
+    (report,) = tmp_path.iterdir()
+    names = {p.name for p in report.iterdir()}
+    assert {"locust_stats.csv", "locust_stats_history.csv", "report.html", "summary.md", "latency.png",
+            "throughput.png"} <= names
+    with open(report / "locust_stats.csv") as fh:
+        types = {row["Type"] for row in csv.DictReader(fh) if row["Name"] == "rerank"}
+    assert types == {"grpc-client", "http-client", "grpc-raw", "http-raw"}
+    summary = (report / "summary.md").read_text()
+    assert "pairs/s" in summary and "| **all** |" in summary and "- none" in summary
+
+
+@pytest.mark.slow
+def test_locust_run_fails_on_unexpected_failures(server, tmp_path):
+    args = ["--duration", "6s", "--users", "2", "--user-classes", "GrpcRawUser", "--grpc-url", server.grpc_url,
+            "--http-url", server.http_url, "--reports", str(tmp_path)]
+    locust_args = ["--", "--passages", "1", "--lengths", "1.0:12000-13000", "--truncate", "NONE"]
+    assert run_loadtest.main(args + locust_args) == 1
+    summary = next(tmp_path.iterdir()) / "summary.md"
+    assert "InputTooLongError" in summary.read_text()
+    assert run_loadtest.main(args + ["--allow-failures", "InputTooLongError"] + locust_args) == 0
+
+
+@pytest.mark.slow
+def test_bench_quick_mode(tmp_path):
+    assert bench.main(["--quick", "--no-docs", "--reports", str(tmp_path)]) == 0
+    text = next(tmp_path.iterdir()).joinpath("bench.md").read_text()
+    for system in ("ours (Triton ensemble, grpc", "ours (Triton ensemble, http", "PyTorch reference",
+                   "sentence-transformers CrossEncoder", "vLLM CPU | 1 | skipped: QUICK mode"):
+        assert system in text, system
+    assert "### Overhead: tiny preset, 64 passages" in text and "padding efficiency" in text
