@@ -76,6 +76,8 @@ def run(runner: Runner, requests: list[Request], concurrency: int, counts: list[
         useful, padded = runner.padding(request, c)
         row.useful += useful
         row.padded += padded
+    logger.info("%s, concurrency %d: %.1f pairs/s, p50 %.0f ms", runner.name, concurrency,
+                row.pairs / row.seconds, float(np.percentile(row.latencies_ms, 50)))
     return row
 
 
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     preset = args.preset or ("tiny" if args.quick else "small")
-    n = args.requests or (3 if args.quick else 12)
+    n = args.requests or (3 if args.quick else 8)
     levels = [int(x) for x in args.concurrency.split(",")]
     if args.quick and args.concurrency == "1,8":
         levels = [1, 2]

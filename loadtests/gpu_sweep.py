@@ -43,13 +43,13 @@ def _random_batch(batch: int, seq: int, rng: np.random.Generator) -> tuple[np.nd
 def reference_runner(preset_name: str, dtype: str, device: str) -> tuple[Callable, Callable[[], None]]:
     import torch
 
-    from rerank_build.checkpoint import DTYPES, _init_weights
+    from rerank_build.checkpoint import DTYPES, init_weights
     from rerank_build.config import preset
     from rerank_build.reference import Reranker
 
     with torch.device(device):
         model = Reranker(preset(preset_name), attn_impl="sdpa")
-    _init_weights(model, torch.Generator(device=device).manual_seed(0))
+    init_weights(model, torch.Generator(device=device).manual_seed(0))
     model.eval()
     if dtype != "fp32":
         model.cast(DTYPES[dtype])

@@ -52,7 +52,8 @@ class OursRunner(Runner):
         from rerank_client import RerankClient
 
         self.name = f"ours (Triton ensemble, {protocol}, client library)"
-        self.client = RerankClient(url, protocol, truncate="END", max_concurrency=max_concurrency)
+        # A benchmark saturates the server on purpose: calls may wait long in its queue.
+        self.client = RerankClient(url, protocol, truncate="END", max_concurrency=max_concurrency, timeout_s=3600)
         self.limits = self.client.limits
         self.tokens_per_run = tokens_per_run
 
@@ -184,7 +185,9 @@ class VllmRunner(Runner):
         self.proc = subprocess.Popen(
             [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(view), "--runner", "pooling",
              "--dtype", "float32", "--max-model-len", str(rp.DEFAULT_MAX_LENGTH), "--port", str(port),
-             "--host", "127.0.0.1"],
+             "--host", "127.0.0.1",
+             # On CPU this is the share of RAM vLLM reserves; its 0.92 default fails beside the other runners.
+             "--gpu-memory-utilization", "0.3"],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:

@@ -90,7 +90,7 @@ def load_reranker(
     return model.to(device)
 
 
-def _init_weights(model: Reranker, generator: torch.Generator) -> None:
+def init_weights(model: Reranker, generator: torch.Generator) -> None:
     """Weights that keep activations O(1) so that scores spread (0.02 init hides bugs)."""
     from tqdm import tqdm
 
@@ -139,7 +139,7 @@ def write_random_checkpoint(
     generator = torch.Generator().manual_seed(seed)
     model = Reranker(config)
     logger.info("initialising %s (%.1fM parameters, seed %d)", preset_name, config.num_parameters() / 1e6, seed)
-    _init_weights(model, generator)
+    init_weights(model, generator)
     # Round to the storage dtype first, so the calibrated model is the one that gets saved.
     for param in model.parameters():
         param.data = param.data.to(DTYPES[dtype]).float()

@@ -11,36 +11,17 @@ import asyncio
 import time
 from typing import Any, Sequence
 
-from .connection import ConnectionSettings
-from .core import (
-    DEFAULT_ROWS_PER_REQUEST, RerankResult, RetryPolicy, ServerLimits, TokenEstimator, check_arguments, is_too_large,
-    merge, plan_requests,
-)
-from .errors import DeadlineExceededError, InvalidInputError, RerankError, ServerUnavailableError, classify
+from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
+from .errors import DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
 from .tensors import RawResult, build_inputs, build_outputs, parse_result, request_parameters
 
 
-class AsyncRerankClient:
-    """Async reranker client over gRPC or HTTP (NIM's Triton contract)."""
+class AsyncRerankClient(ClientBase):
+    """Async reranker client over gRPC or HTTP (NIM's Triton contract); options in ``ClientBase``."""
 
-    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", *,
-                 model: str | None = None, timeout_s: float = 60.0, retries: int = 5,
-                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, max_concurrency: int = 4,
-                 max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
-                 tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
-                 private_key: str | None = None, certificate_chain: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        self.settings = ConnectionSettings(url, protocol, model, timeout_s, ssl, root_certificates, private_key,
-                                           certificate_chain, headers)
-        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
-        self.max_concurrency = max(1, max_concurrency)
-        self.max_rows_per_request = max_rows_per_request
-        self.truncate = truncate
-        self.estimator = TokenEstimator(tokenizer)
+    def _init_transport(self) -> None:
         self._client: Any = None
         self._retired: list[Any] = []  # replaced after errors; closed with the client (others may use them)
-        self._limits: ServerLimits | None = None
-        self._closed = False
 
     def _connection(self) -> Any:
         if self._client is None:
@@ -103,16 +84,12 @@ class AsyncRerankClient:
                      truncate: str | None = None, return_text: bool = False,
                      timeout_s: float | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``."""
-        if self._closed:
-            raise RerankError("client is closed")
-        check_arguments(query, passages, top_n)
-        if not passages:
+        if not passages:  # nothing to rank: validate the arguments, ask the server nothing
+            self._plan(query, passages, top_n, truncate, ServerLimits())
             return []
         budget = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + budget
-        mode = truncate or self.truncate
-        limits = await self.limits()
-        chunks = plan_requests(self.estimator.estimate(query, list(passages)), limits, self.max_rows_per_request, mode)
+        mode, chunks = self._plan(query, passages, top_n, truncate, await self.limits())
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:

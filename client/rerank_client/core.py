@@ -164,3 +164,42 @@ def check_arguments(query: str, passages: Sequence[str], top_n: int | None) -> N
             rp.to_text(passage, f"passage {i}")
     except rp.RerankInputError as exc:
         raise InvalidInputError(str(exc), "client") from None
+
+
+class ClientBase:
+    """Options shared by the sync and async clients (the public constructor signature)."""
+
+    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", *,
+                 model: str | None = None, timeout_s: float = 60.0, retries: int = 5,
+                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, max_concurrency: int = 4,
+                 max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
+                 tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
+                 private_key: str | None = None, certificate_chain: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        from .connection import ConnectionSettings
+
+        self.settings = ConnectionSettings(url, protocol, model, timeout_s, ssl, root_certificates, private_key,
+                                           certificate_chain, headers)
+        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_rows_per_request = max_rows_per_request
+        self.truncate = truncate
+        self.estimator = TokenEstimator(tokenizer)
+        self._limits: ServerLimits | None = None
+        self._closed = False
+        self._init_transport()
+
+    def _init_transport(self) -> None:
+        """Connection state of the concrete client (no connection is opened here)."""
+
+    def _plan(self, query: str, passages: Sequence[str], top_n: int | None, truncate: str | None,
+              limits: ServerLimits) -> tuple[str, list[list[int]]]:
+        """Validate a call and split it into requests: (truncate mode, passage indices per request)."""
+        from .errors import RerankError
+
+        if self._closed:
+            raise RerankError("client is closed")
+        check_arguments(query, passages, top_n)
+        mode = truncate or self.truncate
+        return mode, plan_requests(self.estimator.estimate(query, list(passages)), limits,
+                                   self.max_rows_per_request, mode)

@@ -13,38 +13,19 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Sequence
 
-from .connection import ConnectionSettings
-from .core import (
-    DEFAULT_ROWS_PER_REQUEST, RerankResult, RetryPolicy, ServerLimits, TokenEstimator, check_arguments, is_too_large,
-    merge, plan_requests,
-)
-from .errors import DeadlineExceededError, InvalidInputError, RerankError, ServerUnavailableError, classify
+from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
+from .errors import DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
 from .tensors import RawResult, build_inputs, build_outputs, parse_result, request_parameters
 
 
-class RerankClient:
-    """Sync reranker client over gRPC or HTTP (NIM's Triton contract)."""
+class RerankClient(ClientBase):
+    """Sync reranker client over gRPC or HTTP (NIM's Triton contract); options in ``ClientBase``."""
 
-    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", *,
-                 model: str | None = None, timeout_s: float = 60.0, retries: int = 5,
-                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, max_concurrency: int = 4,
-                 max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
-                 tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
-                 private_key: str | None = None, certificate_chain: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        self.settings = ConnectionSettings(url, protocol, model, timeout_s, ssl, root_certificates, private_key,
-                                           certificate_chain, headers)
-        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
-        self.max_concurrency = max(1, max_concurrency)
-        self.max_rows_per_request = max_rows_per_request
-        self.truncate = truncate
-        self.estimator = TokenEstimator(tokenizer)
+    def _init_transport(self) -> None:
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._limits: ServerLimits | None = None
-        self._closed = False
 
     # -- connections ---------------------------------------------------------------------------
     def _client(self) -> Any:
@@ -120,15 +101,11 @@ class RerankClient:
     def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None, truncate: str | None = None,
                return_text: bool = False, timeout_s: float | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``."""
-        if self._closed:
-            raise RerankError("client is closed")
-        check_arguments(query, passages, top_n)
-        if not passages:
+        if not passages:  # nothing to rank: validate the arguments, ask the server nothing
+            self._plan(query, passages, top_n, truncate, ServerLimits())
             return []
+        mode, chunks = self._plan(query, passages, top_n, truncate, self.limits)
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.settings.timeout_s)
-        mode = truncate or self.truncate
-        lengths = self.estimator.estimate(query, list(passages))
-        chunks = plan_requests(lengths, self.limits, self.max_rows_per_request, mode)
         results = self._send_all(query, passages, chunks, mode, deadline)
         return merge([c for c, _ in results], [r for _, r in results], passages, top_n, return_text)
 
