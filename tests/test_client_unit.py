@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -110,6 +111,21 @@ def test_too_large_refusals_are_recognised():
 def test_backoff_grows_and_is_capped():
     policy = RetryPolicy(retries=10, base_s=0.1, max_s=1.0)
     assert all(0 <= policy.delay(a) <= min(1.0, 0.1 * 2 ** a) for a in range(10) for _ in range(20))
+
+
+def test_backoff_decides_between_retry_and_raise():
+    policy = RetryPolicy(retries=2, base_s=0.01, max_s=0.01)
+    busy, bad = ServerUnavailableError("busy", "UNAVAILABLE"), InvalidInputError("passage 1 is empty")
+    cause = RuntimeError("transport")
+    far = time.monotonic() + 60
+    assert 0 <= policy.backoff(busy, cause, 0, far) <= 0.01
+    with pytest.raises(InvalidInputError) as refused:
+        policy.backoff(bad, cause, 0, far)
+    assert refused.value.__cause__ is cause
+    with pytest.raises(ServerUnavailableError):
+        policy.backoff(busy, cause, 2, far)
+    with pytest.raises(DeadlineExceededError, match="while retrying: busy"):
+        policy.backoff(busy, cause, 0, time.monotonic())
 
 
 def test_cli_reads_jsonl_and_plain_lines():

@@ -145,11 +145,5 @@ class AsyncRerankClient(ClientBase):
                 error = classify(exc)
                 if error.retryable:
                     self._replace_client(client)
-                if not error.retryable or attempt >= self.retry.retries:
-                    raise error from exc
-                delay = self.retry.delay(attempt)
-                if time.monotonic() + delay >= deadline:
-                    raise DeadlineExceededError(f"deadline passed while retrying: {error.message}",
-                                                error.status) from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.retry.backoff(error, exc, attempt, deadline))
                 attempt += 1

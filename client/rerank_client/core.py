@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 
 import rerank_prompt as rp
 
-from .errors import InvalidInputError
+from .errors import DeadlineExceededError, InvalidInputError, RerankError
 from .tensors import RawResult
 
 #: Template + BOS overhead in tokens ("question:" ... " \n \n passage:").
@@ -107,6 +108,20 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return self.rng.uniform(0.0, min(self.max_s, self.base_s * (2 ** attempt)))
+
+    def backoff(self, error: RerankError, cause: BaseException, attempt: int, deadline: float) -> float:
+        """The wait before retrying after ``error``; raises it instead when retrying is not allowed.
+
+        Raises ``error`` itself when it is not retryable or the retries are spent, and a
+        ``DeadlineExceededError`` keeping the server's message when the wait would pass ``deadline``.
+        """
+        if not error.retryable or attempt >= self.retries:
+            raise error from cause
+        delay = self.delay(attempt)
+        if time.monotonic() + delay >= deadline:
+            raise DeadlineExceededError(f"deadline passed while retrying: {error.message}",
+                                        error.status) from cause
+        return delay
 
 
 @dataclass(frozen=True)

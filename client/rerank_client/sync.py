@@ -163,11 +163,5 @@ class RerankClient(ClientBase):
                 error = classify(exc)
                 if error.retryable:
                     self._drop_client()
-                if not error.retryable or attempt >= self.retry.retries:
-                    raise error from exc
-                delay = self.retry.delay(attempt)
-                if time.monotonic() + delay >= deadline:
-                    raise DeadlineExceededError(f"deadline passed while retrying: {error.message}",
-                                                error.status) from exc
-                time.sleep(delay)
+                time.sleep(self.retry.backoff(error, exc, attempt, deadline))
                 attempt += 1
