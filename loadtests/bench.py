@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Padding efficiency: useful tokens / padded tokens the system feeds its model. Tokenizer share: "
               "ours from Triton's per-model statistics (tokenizer / all steps), PyTorch from in-process timers.",
               "sentence-transformers and vLLM run the weights as stock LlamaForSequenceClassification (causal, "
-              "last-token pooling): same work per token, not the model's scores."]
+              "last-token pooling): same work per token, not the model's scores. vLLM runs with prefix caching "
+              "off: every pass repeats the same requests, and its cache would serve them from the first pass."]
     text = "\n".join(lines) + "\n"
     (out / "bench.md").write_text(text)
     print(text)
