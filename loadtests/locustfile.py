@@ -58,6 +58,9 @@ def _options(parser) -> None:
     group.add_argument("--pacing", default="none",
                        help="none | constant:SECONDS | between:MIN-MAX | throughput:CALLS_PER_SECOND (per user)")
     group.add_argument("--truncate", default="END", choices=["END", "NONE"])
+    group.add_argument("--timeout-s", type=float, default=300.0,
+                       help="deadline of a rerank call (client users) or of each infer call (raw users); a "
+                            "saturated CPU server answers large requests in tens of seconds")
     group.add_argument("--client-concurrency", type=int, default=1,
                        help="requests in flight per call in the client library (1: same as the raw users)")
 
@@ -93,13 +96,17 @@ class RerankUser(User):
         self.model = opts.model
         self.workload = Workload(WorkloadSpec.parse(opts.workload_seed, opts.passages, opts.lengths or None),
                                  worker=next(_worker_ids))
+        self.timeout_s = opts.timeout_s
         self.client = RerankClient(self.url, self.protocol, model=self.model, truncate=self.truncate,
-                                   max_concurrency=opts.client_concurrency)
+                                   max_concurrency=opts.client_concurrency, timeout_s=self.timeout_s)
         _open_clients.append(self.client)
         self.limits: ServerLimits = self.client.limits
         self.estimator = TokenEstimator()
         if not self.via_client:
-            self.raw = protocol_module(self.protocol).InferenceServerClient(self.url)
+            module = protocol_module(self.protocol)
+            # The same deadline as the client users: tritonclient's HTTP client gives up after 60 s by default.
+            self.raw = (module.InferenceServerClient(self.url, network_timeout=self.timeout_s)
+                        if self.protocol == "http" else module.InferenceServerClient(self.url))
             _open_clients.append(self.raw)
 
     def on_stop(self) -> None:
@@ -130,12 +137,13 @@ class RerankUser(User):
     def _raw(self, query: str, passages: list[str]) -> None:
         """The client's plan, sent with plain tritonclient calls one after another."""
         module = protocol_module(self.protocol)
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         chunks = plan_requests(self.estimator.estimate(query, passages), self.limits,
                                self.client.max_rows_per_request, self.truncate)
         for chunk in chunks:
             parse_result(self.raw.infer(self.model, build_inputs(module, query, [passages[i] for i in chunk]),
                                         outputs=build_outputs(module),
-                                        parameters=request_parameters(self.truncate)))
+                                        parameters=request_parameters(self.truncate), **kwargs))
 
 
 class GrpcClientUser(RerankUser):
