@@ -210,8 +210,6 @@ class ClientBase:
     def _plan(self, query: str, passages: Sequence[str], top_n: int | None, truncate: str | None,
               limits: ServerLimits) -> tuple[str, list[list[int]]]:
         """Validate a call and split it into requests: (truncate mode, passage indices per request)."""
-        from .errors import RerankError
-
         if self._closed:
             raise RerankError("client is closed")
         check_arguments(query, passages, top_n)
