@@ -13,8 +13,10 @@ import csv
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -137,8 +139,6 @@ def run_locust(cmd: list[str], hard_limit_s: float, exit_grace_s: float = 15.0) 
     """Run Locust, echoing its output. gRPC can keep Locust from exiting after its last report
     (seen after failed RPCs under gevent): once it has logged "Shutting down", it gets
     ``exit_grace_s`` to exit and is then killed. False only when it never finished its run."""
-    import threading
-
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     finished = threading.Event()
@@ -160,8 +160,6 @@ def run_locust(cmd: list[str], hard_limit_s: float, exit_grace_s: float = 15.0) 
                 print(f"locust did not exit {exit_grace_s:.0f}s after its report; killing it", flush=True)
             break
     if proc.poll() is None:
-        import signal
-
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     reader.join(5)

@@ -19,6 +19,7 @@ import numpy as np
 
 import rerank_prompt as rp
 
+from .connection import ConnectionSettings
 from .errors import DeadlineExceededError, InvalidInputError, RerankError
 from .tensors import RawResult
 
@@ -191,8 +192,6 @@ class ClientBase:
                  tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        from .connection import ConnectionSettings
-
         self.settings = ConnectionSettings(url, protocol, model, timeout_s, ssl, root_certificates, private_key,
                                            certificate_chain, headers)
         self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
