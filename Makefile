@@ -13,11 +13,14 @@ SEED ?= 0
 BUILD := build
 
 # make serve: MODEL=<HF id or local checkpoint dir> serves a real checkpoint; empty = random `small`.
+# Ports in NIM's layout: REST API (gateway) 8000, Triton gRPC 8001, Triton metrics 8002; Triton's own
+# KServe HTTP moves to TRITON_HTTP_PORT (8003).
 MODEL ?=
 HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+TRITON_HTTP_PORT ?= 8003
 REPOSITORY ?= $(BUILD)/model_repository
 DEFAULT_CHECKPOINT := $(BUILD)/checkpoints/small
 SERVE_CHECKPOINT := $(if $(MODEL),$(MODEL),$(DEFAULT_CHECKPOINT))
@@ -26,7 +29,7 @@ SERVE_CHECKPOINT := $(if $(MODEL),$(MODEL),$(DEFAULT_CHECKPOINT))
 DURATION ?= 60s
 USERS ?= 8
 SPAWN_RATE ?= 8
-USER_CLASSES ?= GrpcClientUser,HttpClientUser,GrpcRawUser,HttpRawUser
+USER_CLASSES ?= RestGatewayUser,GrpcClientUser,HttpClientUser,GrpcRawUser,HttpRawUser
 LOCUST_ARGS ?=
 # make bench: QUICK=1 for the CI mode (tiny preset, few requests, no vLLM)
 QUICK ?=
@@ -35,18 +38,23 @@ QUICK ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+# The four packages of this repository, in development mode: contract/ (the request contract),
+# client/ (rerank_client), gateway/ (rerank_gateway) and the root (build tools, load tests).
+PACKAGES := contract/pyproject.toml client/pyproject.toml gateway/pyproject.toml pyproject.toml
+
+$(STAMP): $(PACKAGES) requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e contract -e client -e gateway -e .
 	touch $@
 
 test: setup
 	$(BIN)/python -m pytest tests
 
+# tritonserver and the REST gateway in the foreground; Ctrl-C or SIGTERM stops both.
 serve: repository
-	exec $(BIN)/rerank-build serve --repository $(REPOSITORY) --host $(HOST) \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	exec $(BIN)/rerank-build serve --repository $(REPOSITORY) --host $(HOST) --http-port $(HTTP_PORT) \
+		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --triton-http-port $(TRITON_HTTP_PORT)
 
 # Builds what is missing: the default checkpoint (when MODEL is empty) and the CPU repository
 # (--reuse keeps one built from the same checkpoint and settings).
@@ -66,10 +74,11 @@ parity: onnx
 	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp32/model.onnx
 	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp16/model.onnx
 
-# Headless Locust run against the server at GRPC_PORT/HTTP_PORT, or one started on REPOSITORY.
+# Headless Locust run against the stack at HTTP_PORT/GRPC_PORT/TRITON_HTTP_PORT, or one started on REPOSITORY.
 loadtest: repository
 	$(BIN)/python -m loadtests.run_loadtest --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--user-classes $(USER_CLASSES) --grpc-url $(HOST):$(GRPC_PORT) --http-url $(HOST):$(HTTP_PORT) \
+		--user-classes $(USER_CLASSES) --grpc-url $(HOST):$(GRPC_PORT) --http-url $(HOST):$(TRITON_HTTP_PORT) \
+		--gateway-url http://$(HOST):$(HTTP_PORT) \
 		--repository $(REPOSITORY) -- $(LOCUST_ARGS)
 
 bench: setup

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 
 from .peers import (
     CrossEncoderRunner, OursRunner, Runner, TorchRunner, VllmRunner, ensure_vllm, llama_seqcls_view,

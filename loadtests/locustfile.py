@@ -1,6 +1,8 @@
-"""Locust load test of the reranker ensemble, over gRPC and HTTP.
+"""Locust load test of the reranker: the REST gateway, and the ensemble over gRPC and KServe HTTP.
 
 User classes (pick on the command line; all by default):
+- ``RestGatewayUser``: NIM's ``POST /v1/ranking`` on the REST gateway, every passage in one request
+  (the gateway splits it with the client library);
 - ``GrpcClientUser`` / ``HttpClientUser``: through our client library (``rerank_client``);
 - ``GrpcRawUser`` / ``HttpRawUser``: raw tritonclient sending the SAME requests (the client's plan,
   one after another), so the client library's overhead is visible side by side.
@@ -8,12 +10,14 @@ Each task is one rerank call from the seeded workload (``loadtests/workload.py``
 type ``<protocol>-<client|raw>``, name ``rerank``; Locust's "content size" of a call is its number of
 pairs, so pairs/s = requests/s x average content size.
 
-    locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 60s --grpc-url localhost:8001
+    locust -f loadtests/locustfile.py --headless -u 8 -r 8 -t 60s --grpc-url localhost:8001 \
+        --http-url localhost:8003 --gateway-url http://localhost:8000
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 # gRPC must cooperate with gevent before any channel exists (see ../shared/TRITON_NOTES.md).
@@ -26,7 +30,9 @@ from locust import User, between, constant, constant_throughput, events, task  #
 from loadtests.workload import Workload, WorkloadSpec  # noqa: E402
 from rerank_client import RerankClient, ServerLimits  # noqa: E402
 from rerank_client.core import TokenEstimator, plan_requests  # noqa: E402
-from rerank_client.errors import classify  # noqa: E402
+from rerank_client.errors import (  # noqa: E402
+    DeadlineExceededError, InputTooLongError, InvalidInputError, RerankError, ServerUnavailableError, classify,
+)
 from rerank_client.tensors import (  # noqa: E402
     DEFAULT_ENSEMBLE_NAME, build_inputs, build_outputs, parse_result, protocol_module, request_parameters,
 )
@@ -50,7 +56,8 @@ def _close_clients(**_kwargs) -> None:
 def _options(parser) -> None:
     group = parser.add_argument_group("reranker")
     group.add_argument("--grpc-url", default="localhost:8001", env_var="GRPC_URL")
-    group.add_argument("--http-url", default="localhost:8000", env_var="HTTP_URL")
+    group.add_argument("--http-url", default="localhost:8003", env_var="HTTP_URL", help="Triton's KServe HTTP")
+    group.add_argument("--gateway-url", default="http://localhost:8000", env_var="GATEWAY_URL", help="the REST API")
     group.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
     group.add_argument("--workload-seed", type=int, default=0)
     group.add_argument("--passages", default="10,50,100", help="passages per request, drawn from this mix")
@@ -79,10 +86,10 @@ def _wait_time(pacing: str):
     raise ValueError(f"unknown --pacing {pacing!r}")
 
 
-class RerankUser(User):
+class _WorkloadUser(User):
+    """Pacing and the seeded workload, shared by every user class."""
+
     abstract = True
-    protocol = "grpc"
-    via_client = True
 
     def wait_time(self):  # type: ignore[override]
         if not hasattr(self, "_pacer"):
@@ -91,12 +98,72 @@ class RerankUser(User):
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
-        self.url = opts.grpc_url if self.protocol == "grpc" else opts.http_url
         self.truncate = opts.truncate
-        self.model = opts.model
+        self.timeout_s = opts.timeout_s
         self.workload = Workload(WorkloadSpec.parse(opts.workload_seed, opts.passages, opts.lengths or None),
                                  worker=next(_worker_ids))
-        self.timeout_s = opts.timeout_s
+
+    def report(self, request_type: str, started: float, pairs: int, exception: Exception | None) -> None:
+        events.request.fire(request_type=request_type, name="rerank",
+                            response_time=(time.perf_counter() - started) * 1000, response_length=pairs,
+                            exception=exception, context={})
+
+
+class RestGatewayUser(_WorkloadUser):
+    """NIM's ``POST /v1/ranking`` on the gateway (geventhttpclient: gevent-native, keep-alive)."""
+
+    def on_start(self) -> None:
+        from geventhttpclient import HTTPClient, URL
+
+        super().on_start()
+        url = URL(self.environment.parsed_options.gateway_url)
+        self.http = HTTPClient.from_url(url, concurrency=1, network_timeout=self.timeout_s,
+                                        connection_timeout=self.timeout_s)
+        _open_clients.append(self.http)
+
+    def on_stop(self) -> None:
+        self.http.close()
+        if self.http in _open_clients:
+            _open_clients.remove(self.http)
+
+    @task
+    def rerank(self) -> None:
+        request = self.workload.request()
+        body = json.dumps({"query": {"text": request.query}, "passages": [{"text": p} for p in request.passages],
+                           "truncate": self.truncate}).encode()
+        started = time.perf_counter()
+        exception = None
+        try:
+            response = self.http.post("/v1/ranking", body=body, headers={"Content-Type": "application/json"})
+            answer = json.loads(response.read())
+            if response.status_code != 200:
+                exception = rest_error(response.status_code, answer.get("message", ""))
+            elif len(answer["rankings"]) != request.pairs:
+                exception = RerankError(f"wrong answer: {len(answer['rankings'])} rankings for {request.pairs} passages")
+        except Exception as exc:  # noqa: BLE001 - reported to Locust
+            exception = exc
+        self.report("rest-gateway", started, request.pairs, exception)
+
+
+def rest_error(status: int, message: str) -> RerankError:
+    """A gateway error answer as the client library's typed error, so that failures group by the same kinds."""
+    if status in (400, 413):
+        cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
+    else:
+        cls = {503: ServerUnavailableError, 504: DeadlineExceededError}.get(status, RerankError)
+    return cls(message, str(status))
+
+
+class RerankUser(_WorkloadUser):
+    abstract = True
+    protocol = "grpc"
+    via_client = True
+
+    def on_start(self) -> None:
+        super().on_start()
+        opts = self.environment.parsed_options
+        self.url = opts.grpc_url if self.protocol == "grpc" else opts.http_url
+        self.model = opts.model
         self.client = RerankClient(self.url, self.protocol, model=self.model, truncate=self.truncate,
                                    max_concurrency=opts.client_concurrency, timeout_s=self.timeout_s)
         _open_clients.append(self.client)
@@ -128,11 +195,7 @@ class RerankUser(User):
                 self._raw(request.query, list(request.passages))
         except Exception as exc:  # noqa: BLE001 - reported to Locust, typed
             exception = classify(exc)
-        events.request.fire(
-            request_type=f"{self.protocol}-{'client' if self.via_client else 'raw'}",
-            name="rerank", response_time=(time.perf_counter() - started) * 1000,
-            response_length=request.pairs, exception=exception, context={},
-        )
+        self.report(f"{self.protocol}-{'client' if self.via_client else 'raw'}", started, request.pairs, exception)
 
     def _raw(self, query: str, passages: list[str]) -> None:
         """The client's plan, sent with plain tritonclient calls one after another."""

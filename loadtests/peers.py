@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 
 from .workload import Request
 
@@ -46,7 +46,7 @@ class Runner:
 
 class OursRunner(Runner):
     """Padding: the client's plan (one bucket per request), then the CPU engine's regrouping of rows
-    by true length (``rerank_prompt.compact_runs``); a TensorRT engine gets the bucket as is."""
+    by true length (``rerank_contract.prompt.compact_runs``); a TensorRT engine gets the bucket as is."""
 
     def __init__(self, url: str, protocol: str, max_concurrency: int = 4, tokens_per_run: int = 16384) -> None:
         from rerank_client import RerankClient

@@ -1,6 +1,7 @@
 """``make loadtest``: a headless, time-bounded Locust run and its report folder.
 
-Runs against a server at --grpc-url/--http-url, or starts one on --repository when none answers.
+Runs against a stack at --gateway-url/--grpc-url/--http-url, or starts one (tritonserver and the REST
+gateway) on --repository when no Triton answers at --grpc-url.
 Writes ``build/reports/loadtest-<time>/``: Locust's CSV and HTML, ``summary.md`` (requests/s,
 pairs/s, p50/p95/p99, failures by kind) and PNG plots (latency percentiles and throughput over time).
 Exits non-zero on unexpected failures (any failure unless its kind is in --allow-failures).
@@ -22,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-USER_CLASSES = ("GrpcClientUser", "HttpClientUser", "GrpcRawUser", "HttpRawUser")
+USER_CLASSES = ("RestGatewayUser", "GrpcClientUser", "HttpClientUser", "GrpcRawUser", "HttpRawUser")
 
 
 def parse_duration(text: str) -> int:
@@ -172,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--spawn-rate", type=float, default=8.0)
     parser.add_argument("--user-classes", default=",".join(USER_CLASSES))
-    parser.add_argument("--grpc-url", default="localhost:8001")
-    parser.add_argument("--http-url", default="localhost:8000")
+    parser.add_argument("--grpc-url", default="localhost:8001", help="Triton gRPC")
+    parser.add_argument("--http-url", default="localhost:8003", help="Triton's KServe HTTP")
+    parser.add_argument("--gateway-url", default="http://localhost:8000", help="the REST API")
     parser.add_argument("--repository", default="build/model_repository",
                         help="started when no server answers at --grpc-url")
     parser.add_argument("--reports", default="build/reports")
@@ -185,17 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / "locust"
     with contextlib.ExitStack() as stack:
-        grpc_url, http_url = args.grpc_url, args.http_url
+        grpc_url, http_url, gateway_url = args.grpc_url, args.http_url, args.gateway_url
         if not server_ready(grpc_url):
-            from rerank_build.server import TritonServer
+            from rerank_build.stack import ServingStack
 
-            server = stack.enter_context(TritonServer(args.repository, log_path=out / "tritonserver.log"))
-            grpc_url, http_url = server.grpc_url, server.http_url
+            server = stack.enter_context(ServingStack(args.repository, log_dir=out, gateway_args=["--no-access-log"]))
+            grpc_url, http_url, gateway_url = server.grpc_url, server.triton_http_url, server.rest_url
         cmd = [
             str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless",
             "--users", str(args.users), "--spawn-rate", str(args.spawn_rate), "--run-time", f"{args.duration}s",
             "--stop-timeout", "10", "--csv", str(prefix), "--csv-full-history", "--html", str(out / "report.html"),
-            "--grpc-url", grpc_url, "--http-url", http_url, "--only-summary", *args.locust_args,
+            "--grpc-url", grpc_url, "--http-url", http_url, "--gateway-url", gateway_url, "--only-summary",
+            *args.locust_args,
             *args.user_classes.split(","),
         ]
         print(" ".join(cmd), flush=True)

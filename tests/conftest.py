@@ -39,14 +39,14 @@ def tiny_onnx_fp16(tiny_checkpoint: Path, artifacts: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_checkpoint: Path):
-    from rerank_prompt import load_tokenizer
+    from rerank_contract.prompt import load_tokenizer
 
     return load_tokenizer(str(tiny_checkpoint))
 
 
 @pytest.fixture(scope="session")
 def encoder(tokenizer):
-    from rerank_prompt import PairEncoder
+    from rerank_contract.prompt import PairEncoder
 
     return PairEncoder(tokenizer)
 
@@ -91,3 +91,36 @@ def server(tiny_repository: Path, artifacts: Path):
 @pytest.fixture(params=["grpc", "http"])
 def protocol(request) -> str:
     return request.param
+
+
+# --- the REST gateway in front of that server -------------------------------------------------
+
+@pytest.fixture(scope="session")
+def start_gateway(server, artifacts: Path):
+    """Start a gateway (a real ``rerank-gateway`` process) with extra flags; stopped at session end."""
+    from rerank_build.server import free_ports
+    from rerank_build.stack import GatewayProcess
+
+    started = []
+
+    def start(*args: str) -> GatewayProcess:
+        log = artifacts / f"gateway-{len(started)}.log"
+        gateway = GatewayProcess(server.grpc_url, port=free_ports(1)[0], log_path=log, extra_args=list(args))
+        try:
+            gateway.start(60)
+            gateway.wait_ready(60)
+        except Exception:
+            print(log.read_text()[-5000:] if log.exists() else "no log")
+            raise
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway):
+    """The gateway with its default settings."""
+    return start_gateway()

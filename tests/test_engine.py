@@ -17,7 +17,7 @@ from rerank_build.engine_meta import (
 )
 from rerank_build.profiles import Profile, activation_bytes, check_profiles, plan_profiles
 from rerank_build.repository import RepositorySettings, build_repository, parse_config
-from rerank_prompt import DEFAULT_BUCKETS
+from rerank_contract.prompt import DEFAULT_BUCKETS
 
 CLI = str(Path(sys.executable).with_name("rerank-build"))
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 from rerank_build.export_onnx import EXTERNAL_DATA_FILE, export_onnx, ort_session
 from rerank_build.textgen import FIXED_CASES, random_cases
 

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 import fake_pb_utils as pb
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 from rerank_build.repository import parse_config
 
 QUERY = b"how much protein should a female eat?"

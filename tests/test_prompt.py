@@ -1,11 +1,11 @@
-"""The shared prompt, truncation and padding rules (rerank_prompt)."""
+"""The shared prompt, truncation and padding rules (rerank_contract.prompt)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 
 NEWLINE_SEPARATOR_ID = 33006  # " \n \n" is one token in Llama 3's BPE
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 from rerank_build.checkpoint import load_reranker, read_state_dict
 from rerank_build.config import RerankerConfig
 from rerank_build.textgen import FIXED_CASES

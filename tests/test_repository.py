@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import rerank_prompt
 from rerank_build.repository import (
-    MARKER, RepositoryError, RepositorySettings, build_repository, fill, instance_groups, parse_config,
-    template_parameters,
+    MARKER, RepositoryError, RepositorySettings, build_repository, contract_files, fill, instance_groups,
+    parse_config, template_parameters,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +36,10 @@ def test_every_config_parses_and_names_match(tiny_repository):
 
 def test_repository_is_self_contained(tiny_repository):
     for model in ("tokenizer", "engine"):
-        shipped = (tiny_repository / model / "1" / "rerank_prompt.py").read_bytes()
-        assert shipped == Path(rerank_prompt.__file__).read_bytes(), "one prompt module, copied verbatim"
+        shipped = tiny_repository / model / "1" / "rerank_contract"
+        assert sorted(p.name for p in shipped.glob("*.py")) == [p.name for p in contract_files()]
+        for source in contract_files():
+            assert (shipped / source.name).read_bytes() == source.read_bytes(), "one contract, copied verbatim"
     for py in tiny_repository.rglob("*.py"):
         text = py.read_text()
         assert "rerank_build" not in text and "sys.path" not in text and str(ROOT) not in text, py

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 from rerank_build.parity import endpoint_scorer, reference_scorer, run_parity
 from rerank_build.textgen import FIXED_CASES, random_cases
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once

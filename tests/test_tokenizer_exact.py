@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 from rerank_build import tokenizer_files as tf
 
 BATTERY = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from rerank_prompt import PairEncoder, left_pad, load_tokenizer
+from rerank_contract.prompt import PairEncoder, left_pad, load_tokenizer
 
 from .config import RerankerConfig, preset
 from .reference import Reranker, llama3_inv_freq

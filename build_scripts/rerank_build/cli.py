@@ -56,7 +56,7 @@ def _cmd_repository(args: argparse.Namespace) -> int:
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
-    from rerank_prompt import DEFAULT_BUCKETS
+    from rerank_contract.prompt import DEFAULT_BUCKETS
 
     from .engine_build import build_engine
 
@@ -68,11 +68,12 @@ def _cmd_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Ports, exec_server
+    from .stack import ServePorts, serve
 
-    exec_server(Path(args.repository), Ports(args.http_port, args.grpc_port, args.metrics_port), args.host,
-                args.log_verbose)
-    return 0  # not reached: exec replaces this process
+    ports = ServePorts(args.http_port, args.grpc_port, args.metrics_port, args.triton_http_port)
+    gateway_args = ["--workers", str(args.gateway_workers)] + (["--no-access-log"] if args.no_access_log else [])
+    return serve(Path(args.repository), ports, args.host, gateway=not args.no_gateway, log_verbose=args.log_verbose,
+                 gateway_args=gateway_args)
 
 
 def _cmd_full_check(args: argparse.Namespace) -> int:
@@ -155,13 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="fp8 calibration text seed")
     p.set_defaults(func=_cmd_engine)
 
-    p = sub.add_parser("serve", help="run tritonserver (foreground) on an assembled repository")
+    p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
     p.add_argument("--repository", default="build/model_repository")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--http-port", type=int, default=8000, help="the REST API (gateway)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics")
+    p.add_argument("--triton-http-port", type=int, default=8003, help="Triton's KServe v2 HTTP")
+    p.add_argument("--gateway-workers", type=int, default=1, help="gateway worker processes")
+    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines from the gateway")
+    p.add_argument("--no-gateway", action="store_true", help="Triton only (its KServe HTTP on --triton-http-port)")
+    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("full-check", help="full-size preset: checkpoint -> ONNX (external data) -> parity")

@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rerank_contract.names import MODEL_ID
+
 ARCHITECTURE = "LlamaBidirectionalForSequenceClassification"
 MODEL_TYPE = "llama_bidirec"
-DEFAULT_MODEL_ID = "nvidia/llama-3.2-nv-rerankqa-1b-v2"
+DEFAULT_MODEL_ID = MODEL_ID
 
 # Llama 3.2 RoPE settings, kept by every preset so random checkpoints exercise the llama3 scaling.
 LLAMA3_ROPE_SCALING: dict[str, Any] = {

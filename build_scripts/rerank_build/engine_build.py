@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from rerank_prompt import DEFAULT_BUCKETS
+from rerank_contract.prompt import DEFAULT_BUCKETS
 
 from .engine_meta import META_FILE, META_FORMAT, PRECISIONS
 from .profiles import INPUT_NAMES, Profile, plan_profiles
@@ -93,7 +93,7 @@ def gpu_description() -> dict[str, str]:
 
 def calibration_inputs(tokenizer_dir: Path, n_pairs: int = 64, seq: int = 256, seed: int = 0) -> dict[str, Any]:
     """Seeded multilingual pairs, left-padded to ``seq``: FP8 calibration data for ModelOpt."""
-    from rerank_prompt import PairEncoder, left_pad, load_tokenizer
+    from rerank_contract.prompt import PairEncoder, left_pad, load_tokenizer
 
     from .textgen import random_cases
 

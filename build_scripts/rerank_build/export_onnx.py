@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rerank_prompt import EOS_ID
+from rerank_contract.prompt import EOS_ID
 
 from .checkpoint import load_reranker, resolve_checkpoint
 from .tokenizer_files import copy_tokenizer_files

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from rerank_prompt import PairEncoder, Truncate, left_pad, load_tokenizer
+from rerank_contract.prompt import PairEncoder, Truncate, left_pad, load_tokenizer
 
 from .textgen import FIXED_CASES, Case, random_cases
 
@@ -140,7 +140,7 @@ def onnx_scorer(onnx_path: str | Path, batch_size: int = 0) -> Scorer:
 
 def engine_scorer(plan: str | Path) -> Scorer:
     """A TensorRT engine run directly on the GPU, rows padded to their length bucket as served."""
-    from rerank_prompt import choose_bucket
+    from rerank_contract.prompt import choose_bucket
 
     from .engine_meta import read_meta
     from .engine_runner import TrtRunner

@@ -1,7 +1,7 @@
 """Assemble a deployable Triton model repository from the templates in ``model_repository/``.
 
 The fill step substitutes ``${name}`` placeholders (every one documented in the README's table),
-copies each model's ``1/`` files, the shared ``rerank_prompt.py``, the tokenizer files and the
+copies each model's ``1/`` files, the shared ``rerank_contract`` package, the tokenizer files and the
 engine artefact (ONNX for ``cpu``, a TensorRT plan for ``gpu``), then parses every generated
 ``config.pbtxt`` into Triton's ModelConfig protobuf. The result imports nothing from this checkout.
 """
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import rerank_prompt
-from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME
-from rerank_prompt import DEFAULT_BUCKETS, DEFAULT_MAX_LENGTH, EOS_ID
+import rerank_contract
+from rerank_contract.names import ENSEMBLE_NAME
+from rerank_contract.prompt import DEFAULT_BUCKETS, DEFAULT_MAX_LENGTH, EOS_ID
 
 from .tokenizer_files import copy_tokenizer_files
 
@@ -32,6 +32,7 @@ TARGETS = ("cpu", "gpu")
 ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
+CONTRACT = "rerank_contract"
 
 
 class RepositoryError(ValueError):
@@ -43,7 +44,7 @@ class RepositorySettings:
     """Every template parameter; the README's table documents each one."""
 
     target: str = "cpu"
-    ensemble_name: str = DEFAULT_ENSEMBLE_NAME
+    ensemble_name: str = ENSEMBLE_NAME
     max_rows: int = 512
     max_sequence_length: int = DEFAULT_MAX_LENGTH
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
@@ -175,6 +176,20 @@ def _write_model(out: Path, deployed: str, template_dir: str, values: dict[str, 
     return dst / "1"
 
 
+def contract_files() -> list[Path]:
+    """The ``rerank_contract`` package's modules, which the python models import."""
+    return sorted(Path(rerank_contract.__file__).parent.glob("*.py"))
+
+
+def copy_contract(model_dir: Path) -> None:
+    """A verbatim copy of the contract package beside a ``model.py`` (the repository imports
+    nothing from this checkout)."""
+    dst = model_dir / CONTRACT
+    dst.mkdir(exist_ok=True)
+    for path in contract_files():
+        shutil.copy2(path, dst / path.name)
+
+
 def _source_signature(checkpoint: str, onnx: str | None, engine: str | None, settings: RepositorySettings) -> dict:
     def stamp(path: str | None) -> Any:
         if not path:
@@ -190,7 +205,10 @@ def _templates_digest() -> str:
     """Changes to any template, model.py or the prompt module invalidate a --reuse."""
     import hashlib
 
-    digest = hashlib.sha256(Path(rerank_prompt.__file__).read_bytes())
+    digest = hashlib.sha256()
+    for path in contract_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     for path in sorted(TEMPLATES.rglob("*")):
         if path.is_file() and path.suffix in (".py", ".pbtxt"):
             digest.update(path.relative_to(TEMPLATES).as_posix().encode())
@@ -245,12 +263,12 @@ def build_repository(
     _prepare_out(out, force)
 
     tok_dir = _write_model(out, "tokenizer", "tokenizer", values)
-    shutil.copy2(rerank_prompt.__file__, tok_dir / "rerank_prompt.py")
+    copy_contract(tok_dir)
     copy_tokenizer_files(ckpt_dir, tok_dir)
 
     engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
     if settings.target == "cpu":
-        shutil.copy2(rerank_prompt.__file__, engine_dir / "rerank_prompt.py")
+        copy_contract(engine_dir)
         _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
     else:
         _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
@@ -270,7 +288,7 @@ def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
         logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
         export_onnx(ckpt_dir, engine_dir, dtype="fp32")
         for extra in engine_dir.iterdir():
-            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", "rerank_prompt.py", "export_meta.json"):
+            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", CONTRACT, "export_meta.json"):
                 extra.unlink()
         return
     if not onnx.is_file():

@@ -133,16 +133,49 @@ def _die_with_parent() -> None:
         pass
 
 
+def spawn(cmd: list[str], env: dict[str, str], log_path: Path | None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group, tied to this process's life (see :func:`_die_with_parent`).
+
+    ``log_path``: a file (appended to), ``-`` for this process's own stdout/stderr, None to discard.
+    """
+    inherit = log_path is not None and str(log_path) == "-"
+    log = None if inherit else (open(log_path, "ab") if log_path else subprocess.DEVNULL)
+    # PR_SET_PDEATHSIG follows the starting *thread*: only arm it from the main thread.
+    on_main = threading.current_thread() is threading.main_thread()
+    try:
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=None if inherit else subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent if on_main else None)
+    finally:
+        if log not in (None, subprocess.DEVNULL):
+            log.close()  # type: ignore[union-attr]
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float, name: str) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left (children included)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop in %.0fs; killing it", name, timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
 class TritonServer:
     """A tritonserver child process; a context manager that always cleans up its process group."""
 
     def __init__(self, repository: str | Path, ports: Ports | None = None, host: str = "127.0.0.1",
-                 log_path: str | Path | None = None, extra_args: list[str] | None = None) -> None:
+                 log_path: str | Path | None = None, extra_args: list[str] | None = None,
+                 log_verbose: int = 0) -> None:
         self.repository = Path(repository).resolve()
         self.ports = ports or Ports(*free_ports(3))
         self.host = host
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = extra_args
+        self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
 
     @property
@@ -158,15 +191,9 @@ class TritonServer:
 
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
         ensure_python_stub()
-        cmd = server_command(self.repository, self.ports, self.host, extra=self.extra_args)
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = server_command(self.repository, self.ports, self.host, self.log_verbose, self.extra_args)
         logger.info("starting tritonserver on http %d / grpc %d", self.ports.http, self.ports.grpc)
-        # PR_SET_PDEATHSIG follows the starting *thread*: only arm it from the main thread.
-        on_main = threading.current_thread() is threading.main_thread()
-        self.process = subprocess.Popen(cmd, env=server_env(), stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_parent if on_main else None)
-        if log is not subprocess.DEVNULL:
-            log.close()
+        self.process = spawn(cmd, server_env(), self.log_path)
         try:
             self.wait_ready(timeout_s)
         except BaseException:
@@ -195,18 +222,8 @@ class TritonServer:
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left (stubs included)."""
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("tritonserver did not stop in %.0fs; killing it", timeout_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        if proc is not None:
+            stop_group(proc, timeout_s, "tritonserver")
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self
@@ -223,15 +240,3 @@ def process_group_alive(pgid: int) -> bool:
     except PermissionError:  # pragma: no cover
         return True
     return True
-
-
-def exec_server(repository: Path, ports: Ports, host: str, log_verbose: int = 0) -> None:
-    """Replace this process with tritonserver (foreground, signals go straight to it)."""
-    if not (repository / ".rerank-repository.json").is_file() and not any(repository.glob("*/config.pbtxt")):
-        raise ServerError(f"{repository} holds no model repository: run `rerank-build repository` first")
-    ensure_python_stub()
-    cmd = server_command(repository.resolve(), ports, host, log_verbose)
-    logger.info("exec %s", " ".join(cmd))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(cmd[0], cmd, server_env())

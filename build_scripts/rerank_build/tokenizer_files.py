@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rerank_prompt import BOS_TOKEN, DEFAULT_MAX_LENGTH, EOS_TOKEN
+from rerank_contract.prompt import BOS_TOKEN, DEFAULT_MAX_LENGTH, EOS_TOKEN
 
 logger = logging.getLogger(__name__)
 

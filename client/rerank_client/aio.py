@@ -51,14 +51,25 @@ class AsyncRerankClient(ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _ready(self, client: Any) -> bool:
+        return bool(await client.is_server_ready(headers=self.settings.headers)
+                    and await client.is_model_ready(self.settings.model, headers=self.settings.headers))
+
+    async def is_ready(self, timeout_s: float = 2.0) -> bool:
+        """One check, for health probes: the server and the model are ready (False on any error)."""
+        client = self._connection()
+        try:
+            return await asyncio.wait_for(self._ready(client), timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - down, starting or unreachable: not ready
+            return False
+
     async def wait_until_ready(self, timeout_s: float = 60.0, poll_s: float = 0.25) -> None:
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
             client = self._connection()
             try:
-                if await client.is_server_ready(headers=self.settings.headers) and await client.is_model_ready(
-                        self.settings.model, headers=self.settings.headers):
+                if await self._ready(client):
                     return
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc

@@ -2,7 +2,7 @@
 
 Planning groups passages of similar (estimated) length into requests, so that each request pads
 less, and keeps every request within the server's published limits (rows, padded tokens). Estimates
-come from the shared ``rerank_prompt`` module when a tokenizer is given (exact), otherwise from a
+come from the shared ``rerank_contract.prompt`` module when a tokenizer is given (exact), otherwise from a
 conservative bytes-based guess; a request the server still finds too large is split in half.
 """
 
@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import rerank_prompt as rp
+from rerank_contract import names
+from rerank_contract import prompt as rp
 
 from .connection import ConnectionSettings
 from .errors import DeadlineExceededError, InvalidInputError, RerankError
@@ -42,13 +43,13 @@ class ServerLimits:
         """From a model config as JSON (tritonclient's ``get_model_config`` as a dict)."""
         config = config.get("config", config)
         params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-        max_rows = int(params.get("max_rows_per_request") or config.get("max_batch_size") or 512)
-        tokens = params.get("max_tokens_per_request")
-        buckets = params.get("length_buckets")
+        max_rows = int(params.get(names.MAX_ROWS_PER_REQUEST) or config.get("max_batch_size") or 512)
+        tokens = params.get(names.MAX_TOKENS_PER_REQUEST)
+        buckets = params.get(names.LENGTH_BUCKETS)
         return cls(
             max_rows=max_rows,
             max_tokens=int(tokens) if tokens else None,
-            max_sequence_length=int(params.get("max_sequence_length") or rp.DEFAULT_MAX_LENGTH),
+            max_sequence_length=int(params.get(names.MAX_SEQUENCE_LENGTH) or rp.DEFAULT_MAX_LENGTH),
             buckets=tuple(int(b) for b in buckets.split(",")) if buckets else None,
         )
 
@@ -168,7 +169,7 @@ def merge(chunks: Sequence[Sequence[int]], results: Sequence[RawResult], passage
 def check_arguments(query: str, passages: Sequence[str], top_n: int | None) -> None:
     """Refuse what the server would refuse, naming the caller's passage index (requests reorder them).
 
-    Same checks and wording as the server's tokenizer: both use ``rerank_prompt.to_text``.
+    Same checks and wording as the server's tokenizer: both use ``rerank_contract.prompt.to_text``.
     """
     if isinstance(passages, (str, bytes)):
         raise InvalidInputError("passages must be a list of texts, not a single string", "client")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 
@@ -40,6 +41,8 @@ _RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", 
 _INVALID_STATUS = {"StatusCode.INVALID_ARGUMENT", "400"}
 _DEADLINE_STATUS = {"StatusCode.DEADLINE_EXCEEDED", "408"}
 _TIMEOUTS = (asyncio.TimeoutError, TimeoutError, socket.timeout)
+#: Triton prefixes a composing model's error with the ensemble's name; the message itself is ours.
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 
 def classify(exc: BaseException) -> RerankError:
@@ -50,7 +53,7 @@ def classify(exc: BaseException) -> RerankError:
 
     if isinstance(exc, InferenceServerException):
         status = str(exc.status()) if exc.status() is not None else None
-        message = exc.message() or str(exc)
+        message = _ENSEMBLE_PREFIX.sub("", exc.message() or str(exc))
         if status in _INVALID_STATUS:
             cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
             return cls(message, status)

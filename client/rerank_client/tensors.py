@@ -12,8 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-DEFAULT_ENSEMBLE_NAME = "nvidia_llama_3_2_nv_rerankqa_1b_v2"
-OUTPUTS = ("index", "logit", "token_count")
+from rerank_contract import names
+
+DEFAULT_ENSEMBLE_NAME = names.ENSEMBLE_NAME
+OUTPUTS = names.OUTPUTS
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def build_inputs(module: Any, query: "str | bytes", passages: Sequence["str | by
     rows = len(passages)
     q = np.full((rows, 1), _as_bytes(query), dtype=object)
     p = np.array([_as_bytes(x) for x in passages], dtype=object).reshape(rows, 1)
-    inputs = [module.InferInput("query", [rows, 1], "BYTES"), module.InferInput("passage", [rows, 1], "BYTES")]
+    inputs = [module.InferInput(names.QUERY, [rows, 1], "BYTES"), module.InferInput(names.PASSAGE, [rows, 1], "BYTES")]
     inputs[0].set_data_from_numpy(q)
     inputs[1].set_data_from_numpy(p)
     return inputs
@@ -56,7 +58,7 @@ def build_outputs(module: Any) -> list:
 
 
 def request_parameters(truncate: str | None) -> dict[str, str] | None:
-    return {"truncate": truncate} if truncate is not None else None
+    return {names.TRUNCATE_PARAMETER: truncate} if truncate is not None else None
 
 
 def parse_result(result: Any) -> RawResult:

@@ -3,7 +3,7 @@ logits).
 
 The dynamic batcher hands over several requests. Their rows arrive left-padded to one length bucket
 (the shape Triton batches on), so before running ONNX Runtime the rows are regrouped by their true
-length (``rerank_prompt.compact_runs``, copied beside this file) and each group is cut to its own
+length (``rerank_contract.prompt.compact_runs``, copied beside this file) and each group is cut to its own
 longest row: a request whose passages are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask and relative RoPE
 make a row's score independent of its padding (tested), so this changes speed, not scores.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-import rerank_prompt as rp
+from rerank_contract import prompt as rp
 
 
 class TritonPythonModel:

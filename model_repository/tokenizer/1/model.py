@@ -1,6 +1,6 @@
 """Tokenizer step: one request in, its rows left-padded to a length bucket out.
 
-All rules (template, BOS, truncation, limits, errors) live in ``rerank_prompt.py``, which the
+All rules (template, BOS, truncation, limits, errors) live in ``rerank_contract/prompt.py``, which the
 repository assembly copies beside this file. Bad input answers INVALID_ARGUMENT for that request
 only; nothing reaches the engine's batch.
 """
@@ -11,7 +11,8 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-import rerank_prompt as rp
+from rerank_contract import names
+from rerank_contract import prompt as rp
 
 
 def _parameters(model_config: dict) -> dict:
@@ -20,7 +21,7 @@ def _parameters(model_config: dict) -> dict:
 
 def _truncate(request) -> str:
     params = json.loads(request.parameters() or "{}")
-    return params.get("truncate", "NONE")
+    return params.get(names.TRUNCATE_PARAMETER, "NONE")
 
 
 class TritonPythonModel:
@@ -28,11 +29,11 @@ class TritonPythonModel:
         params = _parameters(json.loads(args["model_config"]))
         here = os.path.join(args["model_repository"], args["model_version"])
         tokenizer = rp.load_tokenizer(os.path.join(here, "tokenizer.json"))
-        self.encoder = rp.PairEncoder(tokenizer, max_length=int(params["max_sequence_length"]))
+        self.encoder = rp.PairEncoder(tokenizer, max_length=int(params[names.MAX_SEQUENCE_LENGTH]))
         self.limits = rp.RequestLimits(
             max_rows=int(json.loads(args["model_config"])["max_batch_size"]),
-            max_tokens=int(params["max_tokens_per_request"]),
-            buckets=tuple(int(b) for b in params["length_buckets"].split(",")),
+            max_tokens=int(params[names.MAX_TOKENS_PER_REQUEST]),
+            buckets=tuple(int(b) for b in params[names.LENGTH_BUCKETS].split(",")),
         )
         self.pad_id = int(params["pad_id"])
 
@@ -41,8 +42,8 @@ class TritonPythonModel:
 
     def _tokenize(self, request):
         try:
-            queries = pb_utils.get_input_tensor_by_name(request, "query").as_numpy().reshape(-1)
-            passages = pb_utils.get_input_tensor_by_name(request, "passage").as_numpy().reshape(-1)
+            queries = pb_utils.get_input_tensor_by_name(request, names.QUERY).as_numpy().reshape(-1)
+            passages = pb_utils.get_input_tensor_by_name(request, names.PASSAGE).as_numpy().reshape(-1)
             batch = rp.encode_request(
                 self.encoder, list(queries), list(passages), _truncate(request), self.limits, self.pad_id
             )

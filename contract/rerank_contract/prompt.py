@@ -1,8 +1,9 @@
 """The reranker's prompt, truncation and padding rules: one module for every code path.
 
-The Triton tokenizer model, the reference implementation, the parity tool, the benchmarks and the
-client's token estimates all import this file (the repository assembly copies it verbatim beside
-the tokenizer's ``model.py``), so the template and the truncation semantics exist exactly once.
+The Triton tokenizer model, the reference implementation, the parity tool, the benchmarks, the
+client's token estimates and the REST gateway all import this file (the repository assembly copies
+the ``rerank_contract`` package verbatim beside the tokenizer's ``model.py``), so the template and
+the truncation semantics exist exactly once.
 
 Semantics (see MODEL_FACTS.md):
 - one templated string per pair, ``question:{query} \\n \\n passage:{passage}`` with REAL newlines;
@@ -105,6 +106,11 @@ def to_text(value: "str | bytes", field: str) -> str:
             ) from None
     elif not isinstance(value, str):
         raise TextEncodingError(f"{field} must be text, got {type(value).__name__}")
+    else:
+        try:  # a str from JSON may hold a lone surrogate ("\ud800"), which no UTF-8 text can carry
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TextEncodingError(f"{field} is not valid Unicode text (unpaired surrogate at offset {exc.start})") from None
     if value == "":
         raise EmptyTextError(f"{field} is empty")
     return value

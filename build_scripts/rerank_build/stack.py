@@ -1,0 +1,191 @@
+"""The whole serving stack on one machine: tritonserver plus the REST gateway, in NIM's port layout.
+
+Ports: the REST API (gateway) on 8000, Triton gRPC on 8001, Triton metrics on 8002 and Triton's own
+KServe HTTP on 8003. :class:`ServingStack` is what ``rerank-build serve`` (and so ``make serve``), the
+tests and the load tests start; :func:`serve` runs it in the foreground until Ctrl-C or SIGTERM, and
+stops both processes (and every child of theirs) whichever way it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .server import Ports, ServerError, TritonServer, free_ports, server_env, spawn, stop_group
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServePorts:
+    http: int = 8000  # the REST API (gateway)
+    grpc: int = 8001  # Triton gRPC (NIM's)
+    metrics: int = 8002  # Triton's Prometheus metrics
+    triton_http: int = 8003  # Triton's KServe v2 HTTP
+
+    @classmethod
+    def free(cls) -> "ServePorts":
+        return cls(*free_ports(4))
+
+
+def local_address(host: str) -> str:
+    """Where a process on this machine reaches a server bound to ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+class GatewayProcess:
+    """``rerank-gateway`` as a child process in its own process group (workers included)."""
+
+    def __init__(self, triton_grpc: str, host: str = "127.0.0.1", port: int = 8000,
+                 log_path: str | Path | None = None, extra_args: list[str] | None = None) -> None:
+        self.triton_grpc = triton_grpc
+        self.host = host
+        self.port = port
+        self.log_path = Path(log_path) if log_path else None
+        self.extra_args = list(extra_args or [])
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{local_address(self.host)}:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> "GatewayProcess":
+        cmd = [sys.executable, "-m", "rerank_gateway", "--triton", self.triton_grpc, "--host", self.host,
+               "--port", str(self.port), *self.extra_args]
+        logger.info("starting the REST gateway on %s:%d", self.host, self.port)
+        self.process = spawn(cmd, server_env(), self.log_path)
+        try:
+            self.wait_live(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def status(self, path: str, timeout_s: float = 2.0) -> int | None:
+        """HTTP status of ``GET path``; None when nothing answers."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+        except OSError:
+            return None
+
+    def wait_live(self, timeout_s: float) -> None:
+        self._wait("/v1/health/live", timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        self._wait("/v1/health/ready", timeout_s)
+
+    def _wait(self, path: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"rerank-gateway exited with code {self.process.returncode} while starting"
+                                  + (f"; see {self.log_path}" if self.log_path else ""))
+            if self.status(path) == 200:
+                return
+            time.sleep(0.2)
+        raise ServerError(f"rerank-gateway: {path} did not answer 200 within {timeout_s:.0f}s")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            stop_group(proc, timeout_s, "rerank-gateway")
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServingStack:
+    """tritonserver and the gateway in front of it; a context manager that stops both."""
+
+    def __init__(self, repository: str | Path, ports: ServePorts | None = None, host: str = "127.0.0.1",
+                 log_dir: str | Path | None = None, gateway_args: list[str] | None = None,
+                 triton_args: list[str] | None = None, log_verbose: int = 0) -> None:
+        self.ports = ports or ServePorts.free()
+        self.host = host
+        logs = Path(log_dir) if log_dir and str(log_dir) != "-" else None
+        if logs:
+            logs.mkdir(parents=True, exist_ok=True)
+        terminal = log_dir is not None and str(log_dir) == "-"
+        self.triton = TritonServer(repository, Ports(self.ports.triton_http, self.ports.grpc, self.ports.metrics),
+                                   host, log_path="-" if terminal else (logs / "tritonserver.log" if logs else None),
+                                   extra_args=triton_args, log_verbose=log_verbose)
+        self.gateway = GatewayProcess(f"{local_address(host)}:{self.ports.grpc}", host, self.ports.http,
+                                      log_path="-" if terminal else (logs / "gateway.log" if logs else None),
+                                      extra_args=gateway_args)
+
+    @property
+    def rest_url(self) -> str:
+        return self.gateway.url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.triton.grpc_url
+
+    @property
+    def triton_http_url(self) -> str:
+        return self.triton.http_url
+
+    def start(self, timeout_s: float = 180.0) -> "ServingStack":
+        started = time.monotonic()
+        self.triton.start(timeout_s)
+        try:
+            self.gateway.start(60.0)
+            self.gateway.wait_ready(max(10.0, timeout_s - (time.monotonic() - started)))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.triton.stop()
+
+    def __enter__(self) -> "ServingStack":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, log_verbose: int = 0,
+          gateway_args: list[str] | None = None) -> int:
+    """Foreground: start the stack, log where it listens, stop it on Ctrl-C / SIGTERM or when a part dies."""
+    if not (repository / ".rerank-repository.json").is_file() and not any(repository.glob("*/config.pbtxt")):
+        raise ServerError(f"{repository} holds no model repository: run `rerank-build repository` first")
+    stop = threading.Event()
+    stack = ServingStack(repository, ports, host, log_dir="-", gateway_args=gateway_args, log_verbose=log_verbose)
+    parts = [stack.triton] + ([stack.gateway] if gateway else [])
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(stack.stop)
+        stack.triton.start()
+        if gateway:
+            stack.gateway.start()
+            stack.gateway.wait_ready(120.0)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        where = [f"Triton gRPC {host}:{ports.grpc}", f"Triton KServe HTTP {host}:{ports.triton_http}",
+                 f"Triton metrics {host}:{ports.metrics}"]
+        if gateway:
+            where.insert(0, f"REST API http://{host}:{ports.http} (docs: /docs)")
+        logger.info("serving: %s. Ctrl-C stops.", "; ".join(where))
+        while not stop.wait(0.5):
+            for part, name in zip(parts, ("tritonserver", "rerank-gateway")):
+                if part.process is None or part.process.poll() is not None:
+                    logger.error("%s exited (code %s); stopping", name, part.process.returncode if part.process else "?")
+                    return 1
+        logger.info("stopping")
+    return 0

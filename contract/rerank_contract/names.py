@@ -1,0 +1,44 @@
+"""Names every component agrees on: model ids, the ensemble's tensors and the published limits.
+
+The Triton model configs, the client library, the REST gateway and the build tools all read these,
+so a renamed tensor or limit cannot silently split the stack in two.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: The model's Hugging Face ids: the original and its republished name (same weights).
+MODEL_ID = "nvidia/llama-3.2-nv-rerankqa-1b-v2"
+MODEL_ALIASES: tuple[str, ...] = (MODEL_ID, "nvidia/llama-nemotron-rerank-1b-v2")
+
+
+def triton_model_name(model_id: str) -> str:
+    """NIM's rule for the Triton model name: the id lowercased, every non-alphanumeric -> ``_``."""
+    return re.sub(r"[^a-z0-9]", "_", model_id.lower())
+
+
+#: The public ensemble's name (NIM's gRPC contract).
+ENSEMBLE_NAME = triton_model_name(MODEL_ID)
+
+# Public tensors of the ensemble (lowercase), each [N, 1].
+QUERY = "query"  # BYTES, the same query on every row
+PASSAGE = "passage"  # BYTES
+INDEX = "index"  # INT32, positions in the request, best first
+LOGIT = "logit"  # FP32, raw model logits, descending
+TOKEN_COUNT = "token_count"  # INT32, tokens scored per pair (BOS included)
+INPUTS: tuple[str, ...] = (QUERY, PASSAGE)
+OUTPUTS: tuple[str, ...] = (INDEX, LOGIT, TOKEN_COUNT)
+
+#: Request parameter: ``NONE`` (NIM's default) or ``END``.
+TRUNCATE_PARAMETER = "truncate"
+
+# Limits the ensemble publishes as config parameters (one name per limit; clients split to fit).
+MAX_ROWS_PER_REQUEST = "max_rows_per_request"  # passages per Triton request (ensemble max_batch_size)
+MAX_TOKENS_PER_REQUEST = "max_tokens_per_request"  # padded tokens per Triton request
+MAX_SEQUENCE_LENGTH = "max_sequence_length"  # tokens per pair, BOS included
+LENGTH_BUCKETS = "length_buckets"  # lengths the tokenizer pads rows to
+
+# Limits of the REST gateway (it splits a request over several Triton requests).
+MAX_PASSAGES_PER_REQUEST = "max_passages_per_request"  # passages per REST request
+MAX_BODY_BYTES = "max_body_bytes"  # bytes of one REST request body

@@ -1,0 +1,43 @@
+"""NIM's ranking API: ``POST /v1/ranking`` and the hosted alias ``POST /v1/retrieval/{model}/reranking``.
+
+Every passage comes back, sorted by descending logit (ties: lower index first): LangChain, LlamaIndex
+and Haystack keep the first N rankings exactly as returned, so an unsorted answer would silently give
+their users the wrong passages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from ..auth import require_key
+from ..schemas import RankingRequest, RankingResponse, RetrievalRankingRequest
+from ..scoring import Scored, Scorer
+
+router = APIRouter(tags=["NIM"], dependencies=[Depends(require_key)])
+
+
+def nim_body(scored: Scored, keep: int | None = None) -> dict[str, Any]:
+    results = scored.results if keep is None else scored.results[:keep]
+    return {"rankings": [{"index": r.index, "logit": r.logit} for r in results],
+            "usage": {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens}}
+
+
+async def _rank(request: Request, route: str, body: RankingRequest) -> Scored:
+    scorer: Scorer = request.app.state.scorer
+    return await scorer.rank(route, body.model, body.query.text, [p.text for p in body.passages], body.truncate)
+
+
+@router.post("/v1/ranking", response_model=RankingResponse, summary="Rank passages (NIM)")
+async def ranking(body: RankingRequest, request: Request) -> JSONResponse:
+    return JSONResponse(nim_body(await _rank(request, "/v1/ranking", body)))
+
+
+@router.post("/v1/retrieval/{model:path}/reranking", response_model=RankingResponse,
+             summary="Rank passages (NIM's hosted route; LiteLLM's default NVIDIA route)")
+async def retrieval_reranking(model: str, body: RetrievalRankingRequest, request: Request) -> JSONResponse:
+    request.app.state.scorer.check_model(model)
+    scored = await _rank(request, "/v1/retrieval/{model}/reranking", body)
+    return JSONResponse(nim_body(scored, body.top_k))

@@ -1,0 +1,82 @@
+"""What every rerank route shares: the model check, the limits, one call to Triton, the metrics.
+
+Triton is reached over gRPC through the client library's :class:`AsyncRerankClient`, so splitting
+into requests within the ensemble's limits, merging, retries, the deadline and the typed errors are
+the client library's, not rewritten here. One client per worker process, made inside its event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from rerank_client import AsyncRerankClient, RerankResult, ServerLimits
+from rerank_contract import names
+from rerank_contract.names import triton_model_name
+
+from . import metrics
+from .errors import ApiError
+from .settings import GatewaySettings
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Every passage's result, best first (logit descending, ties: lower index), and the tokens scored."""
+
+    results: list[RerankResult]
+    tokens: int
+
+
+class Scorer:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._client: AsyncRerankClient | None = None
+        # Names are matched as NIM names its Triton models: case and punctuation do not matter, so
+        # the hosted route's "llama-3_2-..." path and LiteLLM's rewritten body names match too.
+        self._accepted = {triton_model_name(n) for n in settings.model_names} | {triton_model_name(settings.ensemble)}
+
+    @property
+    def client(self) -> AsyncRerankClient:
+        if self._client is None:
+            s = self.settings
+            self._client = AsyncRerankClient(s.triton, "grpc", model=s.ensemble, timeout_s=s.timeout_s,
+                                             max_concurrency=s.triton_concurrency,
+                                             max_rows_per_request=s.rows_per_request)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def ready(self) -> bool:
+        return await self.client.is_ready(timeout_s=2.0)
+
+    async def limits(self) -> ServerLimits:
+        return await self.client.limits()
+
+    def check_model(self, model: str | None) -> None:
+        """``None`` means the served model; any other model is a 404 that says what is served."""
+        if model is None or triton_model_name(model) in self._accepted:
+            return
+        served = ", ".join(self.settings.model_names)
+        raise ApiError(404, f"Model '{model}' is not served here; this server serves {served}",
+                       f"send one of these as 'model', or leave it out")
+
+    async def rank(self, route: str, model: str | None, query: str, passages: Sequence[str],
+                   truncate: str | None) -> Scored:
+        """Score every passage, or raise an :class:`ApiError` / the client's ``RerankError``."""
+        self.check_model(model)
+        if not passages:
+            raise ApiError(400, "No passages to rank: send at least one")
+        if len(passages) > self.settings.max_passages:
+            raise ApiError(413, f"Request has {len(passages)} passages, more than the limit of "
+                                f"{self.settings.max_passages} per request ({names.MAX_PASSAGES_PER_REQUEST}); "
+                                "split it into several requests")
+        results = await self.client.rerank(query, passages, truncate=truncate)
+        if any(not math.isfinite(r.logit) for r in results):  # never let a bare NaN into a JSON body
+            raise ApiError(500, "The engine returned a non-finite score")
+        tokens = sum(r.token_count for r in results)
+        metrics.scored(route, len(results), tokens)
+        return Scored(results, tokens)

@@ -1,0 +1,371 @@
+"""The REST gateway against the real stack: rerank-gateway (a real process) -> gRPC -> tritonserver.
+
+Every route, limit and error of the gateway; answers are compared with the ensemble's own answer
+over gRPC for the same texts.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import TEST_LIMITS
+from gateway_helpers import (
+    JSON, assert_error, distinct_passages, ensemble_answer, expected_order, get, post,
+)
+from rerank_build.textgen import FIXED_CASES
+
+pytestmark = pytest.mark.server
+
+QUERY = FIXED_CASES[1].query
+PASSAGES = list(FIXED_CASES[1].passages)
+LONG = "word " * 9000  # over 8,192 tokens with the template
+
+
+def nim(passages=PASSAGES, query=QUERY, **extra) -> dict:
+    return {"query": {"text": query}, "passages": [{"text": p} for p in passages], **extra}
+
+
+def sigmoid32(x: float) -> float:
+    return float(np.float32(1) / (np.float32(1) + np.exp(-np.float32(x))))
+
+
+# --- NIM /v1/ranking -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", [None, "absent", "nvidia/llama-3.2-nv-rerankqa-1b-v2",
+                                   "nvidia/llama-nemotron-rerank-1b-v2", "nvidia_llama_3_2_nv_rerankqa_1b_v2"])
+def test_ranking_is_the_ensembles_answer_sorted(server, gateway, model):
+    body = nim(model=model) if model != "absent" else nim()
+    response = post(gateway, "/v1/ranking", body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    logits, counts = ensemble_answer(server, QUERY, PASSAGES, truncate="NONE")
+    assert [r["index"] for r in answer["rankings"]] == expected_order(logits)
+    for r in answer["rankings"]:
+        assert r["logit"] == pytest.approx(float(logits[r["index"]]), abs=1e-5)
+    assert answer["usage"] == {"prompt_tokens": int(counts.sum()), "total_tokens": int(counts.sum())}
+
+
+def test_ranking_ties_keep_the_lower_index_first(gateway):
+    answer = post(gateway, "/v1/ranking", nim(["same", "other", "same", "same"])).json()
+    same = [r["index"] for r in answer["rankings"] if r["index"] != 1]
+    assert same == [0, 2, 3]
+
+
+def test_ranking_splits_many_passages_over_several_triton_requests(server, gateway):
+    query, passages = distinct_passages(3 * TEST_LIMITS["max_rows"] + 5, seed=11)  # over the ensemble's max_rows
+    answer = post(gateway, "/v1/ranking", nim(passages, query)).json()
+    logits, counts = ensemble_answer(server, query, passages)
+    assert sorted(r["index"] for r in answer["rankings"]) == list(range(len(passages)))
+    got = np.array([r["logit"] for r in sorted(answer["rankings"], key=lambda r: r["index"])], dtype=np.float32)
+    np.testing.assert_allclose(got, logits, atol=1e-4)
+    assert [r["logit"] for r in answer["rankings"]] == sorted(got.tolist(), reverse=True)
+    assert answer["usage"]["total_tokens"] == int(counts.sum())
+
+
+def test_truncate_none_end_and_nims_message(gateway):
+    for truncate in (None, "NONE"):
+        body = assert_error(post(gateway, "/v1/ranking", nim(["short", LONG], truncate=truncate)), 400,
+                            "exceeds maximum allowed token size 8192")
+        assert body["message"].startswith("Input length ")
+    answer = post(gateway, "/v1/ranking", nim(["short", LONG], truncate="END")).json()
+    assert len(answer["rankings"]) == 2
+    assert answer["usage"]["total_tokens"] < 8192 + 20
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    (nim(top_k=3), 400, "top_k: unknown field, expected one of model, query, passages, truncate"),
+    ({**nim(), "passages": [{"text": "a", "title": "t"}]}, 400, "title: unknown field, expected one of text"),
+    ({**nim(), "passages": [{"text": "a", "image": "data:image/png;base64,AAAA"}]}, 400,
+     "passages[0].image: image passages are not supported"),
+    ({"passages": [{"text": "a"}]}, 400, "query: field required"),
+    ({"query": {"text": "q"}}, 400, "passages: field required"),
+    ({"query": "q", "passages": [{"text": "a"}]}, 400, "query"),
+    ({"query": {"text": "q"}, "passages": "a"}, 400, "passages"),
+    ({"query": {"text": "q"}, "passages": [{"text": 3}]}, 400, "passages[0].text"),
+    (nim([]), 400, "No passages to rank"),
+    (nim(["a"], query=""), 400, "query is empty"),
+    (nim(["a", ""]), 400, "passage 1 is empty"),
+    (nim(truncate="START"), 400, "Invalid truncate value 'START'"),
+    (nim(model="rerank-english-v3.0"), 404, "Model 'rerank-english-v3.0' is not served here"),
+    ([1, 2], 400, "Request body must be a JSON object"),
+])
+def test_ranking_bad_input(gateway, body, status, fragment):
+    assert_error(post(gateway, "/v1/ranking", body), status, fragment)
+
+
+def test_malformed_bodies(gateway):
+    assert_error(post(gateway, "/v1/ranking", data=b'{"query": {"text": "q"}, "passages": ['), 400,
+                 "Request body is not valid JSON")
+    response = requests.post(gateway.url + "/v1/ranking", data=json.dumps(nim()),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert_error(response, 415, "Content-Type: application/json")
+    assert_error(post(gateway, "/v1/ranking", data=b'{"query": {"text": "\\ud800"}, "passages": [{"text": "a"}]}'),
+                 400)
+
+
+def test_bad_requests_do_not_disturb_good_ones(server, gateway):
+    """Bad requests among good ones, concurrently: every good one gets its right answer."""
+    logits, _ = ensemble_answer(server, QUERY, PASSAGES, truncate="NONE")
+    bad = [nim(["a", ""]), nim(top_k=1), nim(["short", LONG]), nim(truncate="X")]
+
+    def one(i: int):
+        if i % 2:
+            return post(gateway, "/v1/ranking", bad[(i // 2) % len(bad)]).status_code
+        answer = post(gateway, "/v1/ranking", nim()).json()
+        return [r["index"] for r in answer["rankings"]]
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(one, range(40)))
+    assert outcomes[0::2] == [expected_order(logits)] * 20
+    assert set(outcomes[1::2]) == {400}
+
+
+# --- NIM's hosted route ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path_model", ["nvidia/llama-3.2-nv-rerankqa-1b-v2", "nvidia/llama-3_2-nv-rerankqa-1b-v2",
+                                        "nvidia/llama-nemotron-rerank-1b-v2"])
+def test_retrieval_route_with_top_k(server, gateway, path_model):
+    response = post(gateway, f"/v1/retrieval/{path_model}/reranking", nim(model=path_model, top_k=2))
+    assert response.status_code == 200, response.text
+    logits, _ = ensemble_answer(server, QUERY, PASSAGES, truncate="NONE")
+    assert [r["index"] for r in response.json()["rankings"]] == expected_order(logits)[:2]
+
+
+def test_retrieval_route_errors(gateway):
+    assert_error(post(gateway, "/v1/retrieval/acme/other-model/reranking", nim()), 404, "acme/other-model")
+    assert_error(post(gateway, "/v1/retrieval/nvidia/llama-3.2-nv-rerankqa-1b-v2/reranking", nim(top_k=0)), 400,
+                 "top_k")
+
+
+# --- Cohere / Jina / vLLM ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_cohere_rerank(server, gateway, path):
+    documents = [PASSAGES[0], {"text": PASSAGES[1]}, PASSAGES[2], PASSAGES[3]]
+    answer = post(gateway, path, {"model": "nvidia/llama-3.2-nv-rerankqa-1b-v2", "query": QUERY,
+                                  "documents": documents, "top_n": 3, "return_documents": True}).json()
+    logits, counts = ensemble_answer(server, QUERY, PASSAGES)
+    order = expected_order(logits)[:3]
+    assert [r["index"] for r in answer["results"]] == order
+    for r in answer["results"]:
+        assert r["relevance_score"] == pytest.approx(sigmoid32(logits[r["index"]]), rel=1e-5)
+        assert 0 <= r["relevance_score"] <= 1
+        assert r["document"] == {"text": PASSAGES[r["index"]]}
+    assert answer["id"] and answer["meta"]["api_version"]["version"] == path[2]
+    assert answer["meta"]["tokens"]["input_tokens"] == int(counts.sum())
+    plain = post(gateway, path, {"query": QUERY, "documents": PASSAGES}).json()
+    assert [r["index"] for r in plain["results"]] == expected_order(logits)
+    assert all("document" not in r for r in plain["results"])
+
+
+def test_cohere_long_documents_are_cut_and_rank_fields(gateway):
+    answer = post(gateway, "/v2/rerank", {"query": QUERY, "documents": ["short", LONG], "max_tokens_per_doc": 4096})
+    assert answer.status_code == 200, answer.text
+    fields = post(gateway, "/v1/rerank", {"query": QUERY, "documents": [{"title": "a", "body": "b"}],
+                                          "rank_fields": ["title", "body"]})
+    assert fields.status_code == 200, fields.text
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ({"query": QUERY, "documents": [{"title": "no text"}]}, "documents[0]: an object document needs a string 'text'"),
+    ({"query": QUERY, "documents": [{"title": "a"}], "rank_fields": ["body"]}, "no field 'body'"),
+    ({"query": QUERY, "documents": PASSAGES, "top_n": 0}, "top_n"),
+    ({"query": QUERY, "documents": []}, "No passages to rank"),
+    ({"documents": PASSAGES}, "query: field required"),
+])
+def test_cohere_bad_input(gateway, body, fragment):
+    assert_error(post(gateway, "/v2/rerank", body), 400, fragment)
+
+
+# --- TEI and Infinity on /rerank ---------------------------------------------------------------------
+
+def test_tei_rerank(server, gateway):
+    logits, _ = ensemble_answer(server, QUERY, PASSAGES, truncate="NONE")
+    answer = post(gateway, "/rerank", {"query": QUERY, "texts": PASSAGES, "return_text": True}).json()
+    assert isinstance(answer, list) and [r["index"] for r in answer] == expected_order(logits)
+    for r in answer:
+        assert r["score"] == pytest.approx(sigmoid32(logits[r["index"]]), rel=1e-5)
+        assert r["text"] == PASSAGES[r["index"]]
+    raw = post(gateway, "/rerank", {"query": QUERY, "texts": PASSAGES, "raw_scores": True, "top_n": 2}).json()
+    assert [r["index"] for r in raw] == expected_order(logits)[:2] and "text" not in raw[0]
+    assert raw[0]["score"] == pytest.approx(float(logits[raw[0]["index"]]), abs=1e-5)
+    assert_error(post(gateway, "/rerank", {"query": QUERY, "texts": ["a", LONG]}), 400, "exceeds maximum allowed")
+    assert post(gateway, "/rerank", {"query": QUERY, "texts": ["a", LONG], "truncate": True}).status_code == 200
+    assert_error(post(gateway, "/rerank", {"query": QUERY, "texts": PASSAGES, "truncation_direction": "Left"}), 400,
+                 "truncation_direction 'Left' is not supported")
+
+
+def test_infinity_rerank(server, gateway):
+    logits, counts = ensemble_answer(server, QUERY, PASSAGES)
+    answer = post(gateway, "/rerank", {"query": QUERY, "documents": PASSAGES, "top_n": 2,
+                                       "return_documents": True}).json()
+    assert answer["object"] == "rerank" and answer["id"] and answer["created"] > 0
+    assert [r["index"] for r in answer["results"]] == expected_order(logits)[:2]
+    assert all(r["document"] == PASSAGES[r["index"]] for r in answer["results"])
+    assert answer["usage"]["total_tokens"] == int(counts.sum())
+    assert_error(post(gateway, "/rerank", {"query": QUERY, "documents": PASSAGES, "model": "other"}), 404)
+
+
+@pytest.mark.parametrize("body", [{"query": QUERY}, {"query": QUERY, "texts": PASSAGES, "documents": PASSAGES},
+                                  ["not", "an", "object"]])
+def test_root_rerank_needs_texts_or_documents(gateway, body):
+    assert_error(post(gateway, "/rerank", body), 400)
+
+
+# --- discovery, health, metadata, metrics ------------------------------------------------------------
+
+def test_models_health_metadata_and_docs(gateway):
+    models = get(gateway, "/v1/models").json()
+    assert models["object"] == "list"
+    assert [m["id"] for m in models["data"]] == ["nvidia/llama-3.2-nv-rerankqa-1b-v2",
+                                                 "nvidia/llama-nemotron-rerank-1b-v2"]
+    assert all(m["object"] == "model" and m["root"] == m["id"] for m in models["data"])
+    assert get(gateway, "/v1/health/live").json() == {"object": "health.response", "message": "Service is live.",
+                                                      "status": "live"}
+    assert get(gateway, "/v1/health/ready").json()["status"] == "ready"
+    meta = get(gateway, "/v1/metadata").json()
+    assert meta["modelInfo"][0]["shortName"] == "nvidia/llama-3.2-nv-rerankqa-1b-v2" and meta["version"]
+    assert meta["limits"]["max_passages_per_request"] == 1000
+    assert meta["limits"]["max_rows_per_request"] == TEST_LIMITS["max_rows"]
+    openapi = get(gateway, "/openapi.json").json()
+    assert {"/v1/ranking", "/v1/retrieval/{model}/reranking", "/v1/rerank", "/v2/rerank", "/rerank", "/v1/models",
+            "/v1/health/live", "/v1/health/ready", "/v1/metadata", "/metrics"} <= set(openapi["paths"])
+    assert get(gateway, "/docs").status_code == 200
+
+
+def test_unknown_routes_and_methods_answer_json(gateway):
+    assert_error(get(gateway, "/v1/nothing-here"), 404, "/v1/nothing-here")
+    assert_error(get(gateway, "/v1/ranking"), 405, "GET")
+
+
+def test_metrics(gateway):
+    post(gateway, "/v1/ranking", nim())
+    post(gateway, "/v1/ranking", nim(["a", ""]))
+    text = get(gateway, "/metrics").text
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples['rerank_gateway_requests_total{route="/v1/ranking",status="200"}'] >= 1
+    assert samples['rerank_gateway_requests_total{route="/v1/ranking",status="400"}'] >= 1
+    assert samples['rerank_gateway_errors_total{kind="invalid_request_error"}'] >= 1
+    assert samples['rerank_gateway_passages_total{route="/v1/ranking"}'] >= len(PASSAGES)
+    assert samples['rerank_gateway_tokens_total{route="/v1/ranking"}'] > 0
+    assert samples['rerank_gateway_request_duration_seconds_count{route="/v1/ranking"}'] >= 2
+    assert 'rerank_gateway_request_duration_seconds_bucket{le="0.1",route="/v1/ranking"}' in samples
+    assert samples["rerank_gateway_requests_in_flight"] >= 1  # this scrape itself
+
+
+# --- limits, auth, CORS, workers, Triton unavailable, deadline (gateways with other settings) ----------
+
+def test_limits_answer_413_naming_the_limit(start_gateway):
+    small = start_gateway("--max-passages", "10", "--max-body-bytes", "4000")
+    assert post(small, "/v1/ranking", nim(["p"] * 10)).status_code == 200
+    assert_error(post(small, "/v1/ranking", nim(["p"] * 11)), 413,
+                 "11 passages, more than the limit of 10 per request (max_passages_per_request)")
+    assert_error(post(small, "/v2/rerank", {"query": "q", "documents": ["d"] * 11}), 413, "max_passages_per_request")
+    assert_error(post(small, "/v1/ranking", nim(["x" * 5000])), 413,
+                 "more than the limit of 4000 bytes (max_body_bytes)")
+
+    def chunks():
+        yield b'{"query": {"text": "q"}, "passages": ['
+        for _ in range(100):
+            yield b'{"text": "' + b"y" * 100 + b'"},'
+        yield b'{"text": "z"}]}'
+
+    chunked = requests.post(small.url + "/v1/ranking", data=chunks(), headers=JSON, timeout=30)  # no Content-Length
+    assert_error(chunked, 413, "max_body_bytes")
+    assert post(small, "/v1/ranking", nim(["p"])).status_code == 200, "keeps serving"
+
+
+def test_auth_off_accepts_any_authorization(gateway):
+    for value in ("Bearer **********", "Bearer NO_API_KEY_PROVIDED", "Bearer fake-api-key", "Bearer None", "junk"):
+        assert post(gateway, "/v1/ranking", nim(), headers={"Authorization": value}).status_code == 200, value
+
+
+def test_auth_with_keys(start_gateway):
+    secured = start_gateway("--api-key", "k1", "--api-key", "k2")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
+        response = post(secured, "/v1/ranking", nim(), headers=headers)
+        assert_error(response, 401, "API key")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    for key in ("k1", "k2"):
+        assert post(secured, "/v2/rerank", {"query": "q", "documents": ["d"]},
+                    headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    for path in ("/v1/models", "/v1/health/ready", "/v1/metadata", "/metrics"):
+        assert get(secured, path).status_code == 200, path
+
+
+def test_cors_off_by_default_and_configurable(gateway, start_gateway):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    assert "access-control-allow-origin" not in requests.options(gateway.url + "/v1/ranking", headers=preflight,
+                                                                 timeout=30).headers
+    cors = start_gateway("--cors-origin", "https://app.example")
+    answer = requests.options(cors.url + "/v1/ranking", headers=preflight, timeout=30)
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+    posted = post(cors, "/v1/ranking", nim(), headers={"Origin": "https://app.example"})
+    assert posted.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_several_workers_share_one_metrics_view(start_gateway):
+    multi = start_gateway("--workers", "2")
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda _: post(multi, "/v1/ranking", nim()).status_code, range(12)))
+    assert codes == [200] * 12
+    text = get(multi, "/metrics").text
+    line = next(x for x in text.splitlines() if x.startswith('rerank_gateway_requests_total{route="/v1/ranking"'))
+    assert float(line.rsplit(" ", 1)[1]) == 12  # summed over both workers
+
+
+def test_triton_unavailable_gives_503_with_retry_after(artifacts):
+    from rerank_build.server import free_ports
+    from rerank_build.stack import GatewayProcess
+
+    dead = free_ports(1)[0]  # nothing listens there
+    with GatewayProcess(f"127.0.0.1:{dead}", port=free_ports(1)[0], log_path=artifacts / "gateway-dead.log") as gw:
+        ready = get(gw, "/v1/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert get(gw, "/v1/health/live").status_code == 200
+        response = post(gw, "/v1/ranking", nim())
+        assert assert_error(response, 503, "unavailable")["type"] == "service_unavailable"
+        assert response.headers["Retry-After"] == "1"
+
+
+def test_deadline_gives_504(start_gateway):
+    hurried = start_gateway("--timeout-s", "0.05")
+    assert_error(post(hurried, "/v1/ranking", nim([LONG] * 8, truncate="END")), 504, "did not answer in time")
+
+
+def test_truncated_body_over_a_raw_socket(gateway):
+    """A body cut short of its Content-Length, as a raw HTTP client sends it: a JSON 400."""
+    with socket.create_connection((gateway.url.split("//")[1].split(":")[0], int(gateway.url.rsplit(":", 1)[1]))) as s:
+        s.sendall(b"POST /v1/ranking HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 5\r\n\r\n{\"a\":")
+        s.settimeout(30)
+        reply = b""
+        while b'"code":400}' not in reply:
+            chunk = s.recv(65536)
+            assert chunk, reply
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") and b'"object":"error"' in reply
+
+
+def test_many_clients_at_once(server, gateway):
+    query, passages = distinct_passages(24, seed=5)
+    logits, _ = ensemble_answer(server, query, passages)
+    results, lock = [], threading.Lock()
+
+    def one(_):
+        answer = post(gateway, "/v1/ranking", nim(passages, query)).json()
+        with lock:
+            results.append([r["index"] for r in answer["rankings"]])
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(16)))
+    assert results == [expected_order(logits)] * 16
