@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", help="start a tritonserver on this repository (else use --grpc/--http)")
     parser.add_argument("--grpc", default="localhost:8001", help="gRPC address of a running server")
-    parser.add_argument("--http", default="localhost:8000", help="HTTP address of a running server")
+    parser.add_argument("--http", default="localhost:8003", help="KServe HTTP address of a running server")
     parser.add_argument("--protocols", default="grpc,http")
     parser.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
     parser.add_argument("--passages", default="16,64", help="passages per request, comma-separated")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile.triton", "Dockerfile.build"])
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.triton", "Dockerfile.build", "Dockerfile.gateway"])
 def test_dockerfiles_pass_hadolint(dockerfile):
     done = subprocess.run([str(BIN / "hadolint"), str(ROOT / "docker" / dockerfile)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -28,8 +28,13 @@ def test_both_images_share_one_release():
 
 def test_compose_serves_on_gpus_with_nims_ports():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
-    triton = compose["services"]["triton"]
-    assert triton["ports"] == ["${HTTP_PORT:-8000}:8000", "${GRPC_PORT:-8001}:8001", "${METRICS_PORT:-8002}:8002"]
+    triton, gateway = compose["services"]["triton"], compose["services"]["gateway"]
+    assert gateway["ports"] == ["${HTTP_PORT:-8000}:8000"], "the REST API is the public HTTP face"
+    assert gateway["environment"]["RERANK_GATEWAY_TRITON"] == "triton:8001"
+    assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert triton["ports"] == ["${GRPC_PORT:-8001}:8001", "${METRICS_PORT:-8002}:8002", "${TRITON_HTTP_PORT:-8003}:8003"]
+    assert "--http-port=8003" in (ROOT / "docker" / "Dockerfile.triton").read_text()
+    assert "8003/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     device = triton["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert triton["volumes"][0].endswith(":/models:ro")
@@ -51,3 +56,9 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "gpu_check.md").read_text()
     assert "No TensorRT" in report and "| 128 | 8 |" in report and "total wall time" in report
+
+
+def test_gateway_image_holds_only_the_light_packages():
+    text = (ROOT / "docker" / "Dockerfile.gateway").read_text()
+    assert "-c requirements.lock ./contract ./client ./gateway" in text
+    assert "USER 10001" in text and "build_scripts" not in text and "pyproject.toml ./" not in text

@@ -369,3 +369,19 @@ def test_many_clients_at_once(server, gateway):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(16)))
     assert results == [expected_order(logits)] * 16
+
+
+def test_readme_rest_examples(gateway):
+    """The README's curl examples for /v1/ranking and /v2/rerank, posted as curl would."""
+    from pathlib import Path
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    examples = re.findall(r"curl -s localhost:8000(/\S+) -H 'Content-Type: application/json' -d '(\{.*?\})'",
+                          readme, flags=re.S)
+    assert {path for path, _ in examples} >= {"/v1/ranking", "/v2/rerank"}, "README lost its REST examples"
+    for path, payload in examples:
+        answer = post(gateway, path, json.loads(payload))
+        assert answer.status_code == 200, (path, answer.text)
+        results = answer.json().get("rankings") or answer.json().get("results")
+        assert results and results[0]["index"] in (0, 1)

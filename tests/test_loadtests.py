@@ -33,9 +33,9 @@ def test_workload_spec_parsing():
 
 
 @pytest.mark.slow
-def test_locust_smoke_run_writes_a_report(server, tmp_path):
-    code = run_loadtest.main(["--duration", "12s", "--users", "4", "--spawn-rate", "4",
-                              "--grpc-url", server.grpc_url, "--http-url", server.http_url,
+def test_locust_smoke_run_writes_a_report(server, gateway, tmp_path):
+    code = run_loadtest.main(["--duration", "12s", "--users", "5", "--spawn-rate", "5",
+                              "--grpc-url", server.grpc_url, "--http-url", server.http_url, "--gateway-url", gateway.url,
                               "--reports", str(tmp_path), "--", "--passages", "4,8", "--lengths", "1.0:20-200"])
     assert code == 0
     (report,) = tmp_path.iterdir()
@@ -44,15 +44,16 @@ def test_locust_smoke_run_writes_a_report(server, tmp_path):
             "throughput.png"} <= names
     with open(report / "locust_stats.csv") as fh:
         types = {row["Type"] for row in csv.DictReader(fh) if row["Name"] == "rerank"}
-    assert types == {"grpc-client", "http-client", "grpc-raw", "http-raw"}
+    assert types == {"rest-gateway", "grpc-client", "http-client", "grpc-raw", "http-raw"}
     summary = (report / "summary.md").read_text()
     assert "pairs/s" in summary and "| **all** |" in summary and "- none" in summary
 
 
 @pytest.mark.slow
-def test_locust_run_fails_on_unexpected_failures(server, tmp_path):
-    args = ["--duration", "6s", "--users", "2", "--user-classes", "GrpcRawUser", "--grpc-url", server.grpc_url,
-            "--http-url", server.http_url, "--reports", str(tmp_path)]
+def test_locust_run_fails_on_unexpected_failures(server, gateway, tmp_path):
+    args = ["--duration", "6s", "--users", "2", "--user-classes", "GrpcRawUser,RestGatewayUser",
+            "--grpc-url", server.grpc_url, "--http-url", server.http_url, "--gateway-url", gateway.url,
+            "--reports", str(tmp_path)]
     locust_args = ["--", "--passages", "1", "--lengths", "1.0:12000-13000", "--truncate", "NONE"]
     assert run_loadtest.main(args + locust_args) == 1
     summary = next(tmp_path.iterdir()) / "summary.md"

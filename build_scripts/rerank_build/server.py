@@ -89,7 +89,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Ports:
-    http: int = 8000
+    """tritonserver's own ports; ``stack.ServePorts`` is the whole stack's (REST API on 8000)."""
+
+    http: int = 8003  # KServe v2 HTTP (8000 is the REST gateway's)
     grpc: int = 8001
     metrics: int = 8002
 

@@ -1,0 +1,76 @@
+"""Gateway logic that needs no server: settings from the environment, error wording, model names."""
+
+from __future__ import annotations
+
+import pytest
+
+from rerank_client import DeadlineExceededError, InputTooLongError, RerankError, ServerUnavailableError
+from rerank_contract import names
+from rerank_gateway.errors import ApiError, describe_validation_errors, from_rerank_error
+from rerank_gateway.routes.cohere import document_text
+from rerank_gateway.schemas import RankingRequest
+from rerank_gateway.scoring import Scorer
+from rerank_gateway.settings import GatewaySettings
+
+
+def test_settings_from_environment_flags_and_nim_names():
+    env = {"RERANK_GATEWAY_TRITON": "triton:9001", "RERANK_GATEWAY_MAX_PASSAGES": "50", "NIM_HTTP_API_PORT": "9000",
+           "NIM_SERVED_MODEL_NAME": "my-reranker", "RERANK_GATEWAY_API_KEYS": "a, b", "RERANK_GATEWAY_ACCESS_LOG": "off"}
+    s = GatewaySettings.from_env(env, port=9100)
+    assert (s.triton, s.max_passages, s.port, s.served_model_name) == ("triton:9001", 50, 9100, "my-reranker")
+    assert s.api_keys == ("a", "b") and s.access_log is False
+    assert s.model_names == ("my-reranker", *names.MODEL_ALIASES)
+    assert GatewaySettings.from_env(s.to_env()) == s, "workers rebuild the same settings from the environment"
+    assert GatewaySettings.from_env({"RERANK_GATEWAY_PORT": "1", "NIM_HTTP_API_PORT": "2"}).port == 1, "ours first"
+
+
+@pytest.mark.parametrize("env,fragment", [({"RERANK_GATEWAY_PORT": "x"}, "RERANK_GATEWAY_PORT"),
+                                          ({"RERANK_GATEWAY_MAX_PASSAGES": "0"}, "max_passages must be at least 1"),
+                                          ({"RERANK_GATEWAY_ACCESS_LOG": "maybe"}, "expected a boolean")])
+def test_bad_settings_are_named(env, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        GatewaySettings.from_env(env)
+
+
+def test_validation_errors_read_like_nims():
+    errors = [{"type": "extra_forbidden", "loc": ("body", "top_k")},
+              {"type": "extra_forbidden", "loc": ("body", "passages", 2, "title")},
+              {"type": "missing", "loc": ("body", "query")},
+              {"type": "string_type", "loc": ("body", "passages", 0, "text"), "msg": "Input should be a valid string"}]
+    assert describe_validation_errors(errors, RankingRequest) == [
+        "top_k: unknown field, expected one of model, query, passages, truncate",
+        "title: unknown field, expected one of text",
+        "query: field required",
+        "passages[0].text: Input should be a valid string",
+    ]
+
+
+def test_client_errors_become_http_statuses():
+    assert from_rerank_error(InputTooLongError("Input length 9000 exceeds maximum allowed token size 8192")).status == 400
+    unavailable = from_rerank_error(ServerUnavailableError("down"))
+    assert unavailable.status == 503 and unavailable.headers == {"Retry-After": "1"}
+    assert from_rerank_error(DeadlineExceededError("late")).status == 504
+    assert from_rerank_error(RerankError("odd")).status == 500
+
+
+def test_document_text():
+    assert document_text("plain", 0, None) == "plain"
+    assert document_text({"text": "t", "id": 3}, 0, None) == "t"
+    assert document_text({"title": "T", "body": "B"}, 0, ["title", "body"]) == "title: T\nbody: B"
+    with pytest.raises(ApiError, match=r"documents\[4\]"):
+        document_text({"title": "T"}, 4, None)
+
+
+@pytest.mark.parametrize("model,ok", [(None, True), ("nvidia/llama-3.2-nv-rerankqa-1b-v2", True),
+                                      ("NVIDIA/Llama-3_2-NV-RerankQA-1B-v2", True),
+                                      ("nvidia/llama-nemotron-rerank-1b-v2", True),
+                                      ("nvidia_llama_3_2_nv_rerankqa_1b_v2", True), ("served", True),
+                                      ("nvidia/llama-3.2-nv-embedqa-1b-v2", False), ("", False)])
+def test_model_names(model, ok):
+    scorer = Scorer(GatewaySettings(served_model_name="served"))
+    if ok:
+        scorer.check_model(model)
+    else:
+        with pytest.raises(ApiError) as err:
+            scorer.check_model(model)
+        assert err.value.status == 404
