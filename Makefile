@@ -34,7 +34,7 @@ LOCUST_ARGS ?=
 # make bench: QUICK=1 for the CI mode (tiny preset, few requests, no vLLM)
 QUICK ?=
 
-.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest bench clean
+.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest bench gateway-overhead clean
 
 setup: $(STAMP)
 
@@ -83,6 +83,10 @@ loadtest: repository
 
 bench: setup
 	$(BIN)/python -m loadtests.bench $(if $(QUICK),--quick)
+
+# The REST gateway's cost over gRPC (raw and client library): latency, pairs/s at 8 clients, CPU.
+gateway-overhead: repository
+	$(BIN)/python -m loadtests.gateway_overhead --repository $(REPOSITORY) --label $(if $(MODEL),$(notdir $(MODEL)),small)
 
 # Full-size preset (1.24B random weights): minutes and ~15 GB of memory, not part of CI.
 full-check: setup

@@ -1,10 +1,10 @@
 """What the REST gateway costs over calling Triton's gRPC directly, measured in one run.
 
-For each repository: the same requests go (a) straight to Triton over gRPC through our client
-library (``RerankClient``: the same splitting and merging the gateway uses), and (b) as NIM's
-``POST /v1/ranking`` to the gateway. Single-client latency (p50/p95) for 1 x 16 and 1 x 200 passages,
-with the two paths interleaved request by request; pairs/s with 8 concurrent clients; and the CPU
-time the gateway process spent. Everything (load generator, gateway, Triton) shares this machine's
+For each repository the same requests go three ways: (a) raw tritonclient gRPC, one ``infer`` per
+request (the least any client can do; several in a row only past the ensemble's row limit); (b) our client library over gRPC (``RerankClient``: the same
+splitting and merging the gateway uses); (c) NIM's ``POST /v1/ranking`` on the gateway. Single-client
+latency (p50/p95) for 1 x 16 and 1 x 200 passages, the three ways interleaved request by request;
+pairs/s with 8 concurrent clients; and the CPU time the gateway process spent. Everything (load generator, gateway, Triton) shares this machine's
 cores, as it would on one host.
 
     python -m loadtests.gateway_overhead --repository build/model_repository --label small
@@ -13,6 +13,7 @@ cores, as it would on one host.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import threading
@@ -27,6 +28,7 @@ import requests
 from rerank_build.stack import ServingStack
 from rerank_build.textgen import random_text
 from rerank_client import RerankClient
+from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, build_inputs, build_outputs, parse_result
 
 
 @dataclass
@@ -57,22 +59,43 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Paths:
-    """The two ways in, with one connection per thread."""
+    """The three ways in, with one connection per thread."""
 
     def __init__(self, stack: ServingStack) -> None:
         self.stack = stack
         self.local = threading.local()
+        self.opened: list = []  # every connection, closed by close()
+        with RerankClient(stack.grpc_url, "grpc") as client:
+            self.max_rows = client.limits.max_rows
+
+    def _keep(self, name: str, make):
+        conn = getattr(self.local, name, None)
+        if conn is None:
+            conn = make()
+            setattr(self.local, name, conn)
+            self.opened.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.opened:
+            conn.close()
+
+    def raw(self, query: str, passages: list[str]) -> None:
+        import tritonclient.grpc as grpcclient
+
+        client = self._keep("raw", lambda: grpcclient.InferenceServerClient(self.stack.grpc_url))
+        for start in range(0, len(passages), self.max_rows):
+            part = passages[start:start + self.max_rows]
+            result = client.infer(DEFAULT_ENSEMBLE_NAME, build_inputs(grpcclient, query, part),
+                                  outputs=build_outputs(grpcclient), parameters={"truncate": "END"})
+            assert len(parse_result(result).index) == len(part)
 
     def direct(self, query: str, passages: list[str]) -> None:
-        client = getattr(self.local, "client", None)
-        if client is None:
-            client = self.local.client = RerankClient(self.stack.grpc_url, "grpc", timeout_s=600)
+        client = self._keep("client", lambda: RerankClient(self.stack.grpc_url, "grpc", timeout_s=600))
         assert len(client.rerank(query, passages, truncate="END")) == len(passages)
 
     def gateway(self, query: str, passages: list[str]) -> None:
-        session = getattr(self.local, "session", None)
-        if session is None:
-            session = self.local.session = requests.Session()
+        session = self._keep("session", requests.Session)
         body = {"query": {"text": query}, "passages": [{"text": p} for p in passages], "truncate": "END"}
         answer = session.post(self.stack.rest_url + "/v1/ranking", json=body, timeout=600)
         assert answer.status_code == 200 and len(answer.json()["rankings"]) == len(passages), answer.text[:200]
@@ -104,33 +127,34 @@ def pct(values: list[float], q: float) -> float:
 
 def measure(repository: Path, label: str, single: dict[int, int], concurrent_requests: int, log_dir: Path) -> list[str]:
     rows = []
-    with ServingStack(repository, log_dir=log_dir, gateway_args=["--no-access-log"]) as stack:
-        paths = Paths(stack)
+    with ServingStack(repository, log_dir=log_dir, gateway_args=["--no-access-log"]) as stack, \
+            contextlib.closing(Paths(stack)) as paths:
+        ways = (paths.raw, paths.direct, paths.gateway)
         for n, requests_n in single.items():
             work = [texts(n, seed) for seed in range(requests_n + 2)]
             for item in work[:2]:  # warm-up: connections, limits, ONNX Runtime's first shapes
-                paths.direct(*item)
-                paths.gateway(*item)
-            direct: list[float] = []
-            via: list[float] = []
+                for fn in ways:
+                    fn(*item)
+            latencies: list[list[float]] = [[] for _ in ways]
             gw_cpu = 0.0
-            for item in work[2:]:  # interleaved, so that drift hits both alike
-                direct += run_phase(stack, paths.direct, [item], 1).latencies
-                phase = run_phase(stack, paths.gateway, [item], 1)
-                via += phase.latencies
+            for item in work[2:]:  # interleaved, so that drift hits every way alike
+                for i, fn in enumerate(ways):
+                    phase = run_phase(stack, fn, [item], 1)
+                    latencies[i] += phase.latencies
                 gw_cpu += phase.gateway_cpu_s
-            rows.append(f"| {label} | 1 x {n}, 1 client | {statistics.median(direct) * 1000:.1f} / {pct(direct, .95):.1f} | "
-                        f"{statistics.median(via) * 1000:.1f} / {pct(via, .95):.1f} | "
-                        f"{(statistics.median(via) - statistics.median(direct)) * 1000:+.1f} | "
-                        f"{gw_cpu / len(via) * 1000:.1f} ms per request | {len(via)} |")
+            cells = [f"{statistics.median(x) * 1000:.1f} / {pct(x, .95):.1f}" for x in latencies]
+            cost = (statistics.median(latencies[2]) - statistics.median(latencies[0])) * 1000
+            rows.append(f"| {label} | 1 x {n}, 1 client | {' | '.join(cells)} | {cost:+.1f} ms | "
+                        f"{gw_cpu / len(latencies[2]) * 1000:.1f} ms per request | {len(latencies[2])} |")
         for n in single:
             work = [texts(n, 1000 + seed) for seed in range(concurrent_requests)]
-            d = run_phase(stack, paths.direct, work, 8)
-            g = run_phase(stack, paths.gateway, work, 8)
-            rows.append(f"| {label} | 1 x {n}, 8 clients | {d.pairs / d.wall_s:.1f} pairs/s | {g.pairs / g.wall_s:.1f} "
-                        f"pairs/s | {(g.pairs / g.wall_s) / (d.pairs / d.wall_s) - 1:+.1%} | "
-                        f"{g.gateway_cpu_s / g.wall_s:.0%} of a core ({g.gateway_cpu_s / len(work) * 1000:.1f} ms "
-                        f"per request; Triton {g.triton_cpu_s / g.wall_s:.0%}) | {len(work)} |")
+            phases = [run_phase(stack, fn, work, 8) for fn in ways]
+            rates = [ph.pairs / ph.wall_s for ph in phases]
+            g = phases[2]
+            rows.append(f"| {label} | 1 x {n}, 8 clients | {' | '.join(f'{r:.1f} pairs/s' for r in rates)} | "
+                        f"{rates[2] / rates[0] - 1:+.1%} | {g.gateway_cpu_s / g.wall_s:.0%} of a core "
+                        f"({g.gateway_cpu_s / len(work) * 1000:.1f} ms per request; Triton "
+                        f"{g.triton_cpu_s / g.wall_s:.0%}) | {len(work)} |")
     return rows
 
 
@@ -146,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.label or [Path(r).name for r in args.repository]
     out = Path(args.reports) / time.strftime("gateway-overhead-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| repository | workload | direct gRPC (client library): p50 / p95 ms, or pairs/s | via gateway | "
-             "gateway cost | gateway CPU | requests |", "|---|---|---|---|---|---|---|"]
+    lines = ["| repository | workload | raw gRPC: p50 / p95 ms, or pairs/s | client library, gRPC | REST gateway | "
+             "gateway vs raw gRPC | gateway CPU | requests |", "|---|---|---|---|---|---|---|---|"]
     for repository, label in zip(args.repository, labels):
         print(f"measuring {label} ({repository})", flush=True)
         lines += measure(Path(repository), label, {16: args.requests_16, 200: args.requests_200},

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from loadtests import bench, run_loadtest
+from loadtests import bench, gateway_overhead, run_loadtest
 from loadtests.workload import Workload, WorkloadSpec
 
 pytestmark = pytest.mark.server
@@ -69,3 +69,14 @@ def test_bench_quick_mode(tmp_path):
                    "sentence-transformers CrossEncoder", "vLLM CPU | 1 | skipped: QUICK mode"):
         assert system in text, system
     assert "### Overhead: tiny preset, 64 passages" in text and "padding efficiency" in text
+
+
+@pytest.mark.slow
+def test_gateway_overhead_quick_run(tiny_repository, tmp_path):
+    assert gateway_overhead.main(["--repository", str(tiny_repository), "--label", "tiny", "--requests-16", "2",
+                                  "--requests-200", "1", "--concurrent-requests", "8", "--reports", str(tmp_path)]) == 0
+    report = next(tmp_path.iterdir()).joinpath("report.md").read_text()
+    for row in ("| tiny | 1 x 16, 1 client |", "| tiny | 1 x 200, 1 client |", "| tiny | 1 x 16, 8 clients |",
+                "| tiny | 1 x 200, 8 clients |"):
+        assert row in report, row
+    assert "of a core" in report
