@@ -133,3 +133,10 @@ def test_cli_reads_jsonl_and_plain_lines():
         "a", "plain line", "c"]
     with pytest.raises(SystemExit, match="line 1"):
         read_passages(io.StringIO('{"txt": "a"}\n'))
+
+
+def test_default_urls_follow_nims_port_layout():
+    from rerank_client import RerankClient
+
+    assert RerankClient().settings.url == "localhost:8001"
+    assert RerankClient(protocol="http").settings.url == "localhost:8003", "8000 is the REST gateway's"

@@ -40,7 +40,8 @@ def read_passages(lines: Iterable[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerank-client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="localhost:8001", help="HOST:PORT (grpcs:// or https:// for TLS)")
+    parser.add_argument("--url", help="HOST:PORT (grpcs:// or https:// for TLS); default localhost:8001 for grpc, "
+                                      "localhost:8003 (Triton's KServe HTTP) for http")
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--model", help="ensemble name (default NIM's)")
     parser.add_argument("--query", required=True)

@@ -9,6 +9,9 @@ from typing import Any
 from .tensors import DEFAULT_ENSEMBLE_NAME, protocol_module
 
 _MAX_MESSAGE = 2**31 - 1
+#: Where ``make serve`` (NIM's layout) puts each protocol: Triton gRPC on 8001, Triton's KServe HTTP
+#: on 8003 (8000 is the REST gateway's, which speaks NIM's /v1/ranking, not KServe).
+DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8003"}
 
 
 def _strip_scheme(url: str) -> tuple[str, bool]:
@@ -20,7 +23,7 @@ def _strip_scheme(url: str) -> tuple[str, bool]:
 
 @dataclass
 class ConnectionSettings:
-    url: str
+    url: str | None
     protocol: str = "grpc"
     model: str | None = None
     timeout_s: float = 60.0
@@ -32,7 +35,7 @@ class ConnectionSettings:
 
     def __post_init__(self) -> None:
         self.module = protocol_module(self.protocol)  # validates the protocol
-        self.url, tls = _strip_scheme(self.url)
+        self.url, tls = _strip_scheme(self.url or DEFAULT_URLS[self.protocol])
         self.ssl = self.ssl or tls
         self.model = self.model or DEFAULT_ENSEMBLE_NAME
         if self.timeout_s <= 0:

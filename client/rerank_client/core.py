@@ -186,7 +186,7 @@ def check_arguments(query: str, passages: Sequence[str], top_n: int | None) -> N
 class ClientBase:
     """Options shared by the sync and async clients (the public constructor signature)."""
 
-    def __init__(self, url: str = "localhost:8001", protocol: str = "grpc", *,
+    def __init__(self, url: str | None = None, protocol: str = "grpc", *,
                  model: str | None = None, timeout_s: float = 60.0, retries: int = 5,
                  backoff_s: float = 0.1, max_backoff_s: float = 5.0, max_concurrency: int = 4,
                  max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
