@@ -90,6 +90,9 @@ def test_formats():
     ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceededError),
     ("StatusCode.NOT_FOUND", "Request for unknown model: 'm' has no available versions", ServerUnavailableError),
     ("404", "Request for unknown model: 'm' is not found", RerankError),
+    ("StatusCode.INTERNAL", "Stub process 'engine_0_0' is not healthy.", ServerUnavailableError),  # the watchdog restarts it
+    ("500", "Stub process 'tokenizer_0_1' is not healthy.", ServerUnavailableError),
+    ("StatusCode.INTERNAL", "engine failed: out of memory", RerankError),
 ])
 def test_classify_keeps_the_message(status, message, expected):
     error = classify(InferenceServerException(message, status=status))
@@ -140,3 +143,18 @@ def test_default_urls_follow_nims_port_layout():
 
     assert RerankClient().settings.url == "localhost:8001"
     assert RerankClient(protocol="http").settings.url == "localhost:8003", "8000 is the REST gateway's"
+
+
+def test_retry_window_replaces_the_count():
+    """With a window, a request retries for that long after its first failure, whatever the count."""
+    policy = RetryPolicy(retries=0, base_s=0.01, max_s=0.01, window_s=5.0)
+    busy, cause, far = ServerUnavailableError("busy", "UNAVAILABLE"), RuntimeError("transport"), time.monotonic() + 60
+    assert policy.backoff(busy, cause, 50, far, first_failure=time.monotonic() - 4.0) <= 0.01
+    with pytest.raises(ServerUnavailableError):
+        policy.backoff(busy, cause, 1, far, first_failure=time.monotonic() - 5.0)
+
+
+def test_ensemble_prefix_is_dropped_from_messages():
+    error = classify(InferenceServerException("in ensemble 'nvidia_llama_3_2_nv_rerankqa_1b_v2', passage 1 is empty",
+                                              status="StatusCode.INVALID_ARGUMENT"))
+    assert error.message == "passage 1 is empty"

@@ -328,7 +328,8 @@ def test_triton_unavailable_gives_503_with_retry_after(artifacts):
     from rerank_build.stack import GatewayProcess
 
     dead = free_ports(1)[0]  # nothing listens there
-    with GatewayProcess(f"127.0.0.1:{dead}", port=free_ports(1)[0], log_path=artifacts / "gateway-dead.log") as gw:
+    with GatewayProcess(f"127.0.0.1:{dead}", port=free_ports(1)[0], log_path=artifacts / "gateway-dead.log",
+                        extra_args=["--ride-through-s", "1"]) as gw:
         ready = get(gw, "/v1/health/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "not ready"
         assert get(gw, "/v1/health/live").status_code == 200

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,51 +15,11 @@ import tritonclient.http as httpclient
 
 from rerank_build.server import process_group_alive
 from rerank_build.stack import ServePorts
+from stack_helpers import alive, children, start_serve
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).with_name("rerank-build"))
 
 pytestmark = pytest.mark.server
-
-
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc)."""
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        found += [int(k) for k in kids]
-        frontier += [int(k) for k in kids]
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def start_serve(repository: Path, ports: ServePorts, tmp_path: Path) -> subprocess.Popen:
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([CLI, "serve", "--repository", str(repository), "--http-port", str(ports.http),
-                             "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
-                             "--triton-http-port", str(ports.triton_http)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        try:
-            if requests.get(f"http://127.0.0.1:{ports.http}/v1/health/ready", timeout=2).status_code == 200:
-                return proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("rerank-build serve never became ready: " + (tmp_path / "serve.log").read_text()[-3000:])
 
 
 @pytest.mark.slow
@@ -93,9 +52,9 @@ def test_serve_runs_both_in_nims_layout_and_stops_both(tiny_repository, tmp_path
 
 
 @pytest.mark.slow
-def test_serve_stops_everything_when_a_part_dies(tiny_repository, tmp_path):
+def test_serve_without_watchdog_stops_everything_when_a_part_dies(tiny_repository, tmp_path):
     ports = ServePorts.free()
-    proc = start_serve(tiny_repository, ports, tmp_path)
+    proc = start_serve(tiny_repository, ports, tmp_path, "--no-watchdog")
     try:
         gateway_pid = next(p for p in children(proc.pid)
                            if b"rerank_gateway" in Path(f"/proc/{p}/cmdline").read_bytes())

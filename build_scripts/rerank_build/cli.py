@@ -73,7 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     ports = ServePorts(args.http_port, args.grpc_port, args.metrics_port, args.triton_http_port)
     gateway_args = ["--workers", str(args.gateway_workers)] + (["--no-access-log"] if args.no_access_log else [])
     return serve(Path(args.repository), ports, args.host, gateway=not args.no_gateway, log_verbose=args.log_verbose,
-                 gateway_args=gateway_args)
+                 gateway_args=gateway_args, watchdog=not args.no_watchdog)
 
 
 def _cmd_full_check(args: argparse.Namespace) -> int:
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-workers", type=int, default=1, help="gateway worker processes")
     p.add_argument("--no-access-log", action="store_true", help="no per-request log lines from the gateway")
     p.add_argument("--no-gateway", action="store_true", help="Triton only (its KServe HTTP on --triton-http-port)")
+    p.add_argument("--no-watchdog", action="store_true",
+                   help="exit when a part dies instead of restarting it (and tritonserver when a python stub dies)")
     p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose")
     p.set_defaults(func=_cmd_serve)
 

@@ -2,8 +2,9 @@
 
 Ports: the REST API (gateway) on 8000, Triton gRPC on 8001, Triton metrics on 8002 and Triton's own
 KServe HTTP on 8003. :class:`ServingStack` is what ``rerank-build serve`` (and so ``make serve``), the
-tests and the load tests start; :func:`serve` runs it in the foreground until Ctrl-C or SIGTERM, and
-stops both processes (and every child of theirs) whichever way it ends.
+tests and the load tests start; :func:`serve` runs it in the foreground until Ctrl-C or SIGTERM, with
+the watchdog (``watchdog.py``) restarting what dies, and stops both processes (and every child of
+theirs) whichever way it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .server import Ports, ServerError, TritonServer, free_ports, server_env, spawn, stop_group
+from .watchdog import CrashLoop, StackWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +164,14 @@ class ServingStack:
 
 
 def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, log_verbose: int = 0,
-          gateway_args: list[str] | None = None) -> int:
-    """Foreground: start the stack, log where it listens, stop it on Ctrl-C / SIGTERM or when a part dies."""
+          gateway_args: list[str] | None = None, watchdog: bool = True) -> int:
+    """Foreground: start the stack, log where it listens, keep it serving (the watchdog restarts a
+    dead python stub's tritonserver, or a dead part), stop it all on Ctrl-C / SIGTERM."""
     if not (repository / ".rerank-repository.json").is_file() and not any(repository.glob("*/config.pbtxt")):
         raise ServerError(f"{repository} holds no model repository: run `rerank-build repository` first")
     stop = threading.Event()
     stack = ServingStack(repository, ports, host, log_dir="-", gateway_args=gateway_args, log_verbose=log_verbose)
-    parts = [stack.triton] + ([stack.gateway] if gateway else [])
+    guard = StackWatchdog(stack, gateway=gateway)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(stack.stop)
         stack.triton.start()
@@ -177,15 +180,23 @@ def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, 
             stack.gateway.wait_ready(120.0)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        guard.arm()
         where = [f"Triton gRPC {host}:{ports.grpc}", f"Triton KServe HTTP {host}:{ports.triton_http}",
                  f"Triton metrics {host}:{ports.metrics}"]
         if gateway:
             where.insert(0, f"REST API http://{host}:{ports.http} (docs: /docs)")
         logger.info("serving: %s. Ctrl-C stops.", "; ".join(where))
         while not stop.wait(0.5):
-            for part, name in zip(parts, ("tritonserver", "rerank-gateway")):
-                if part.process is None or part.process.poll() is not None:
-                    logger.error("%s exited (code %s); stopping", name, part.process.returncode if part.process else "?")
+            if not watchdog:
+                if any(p.process is None or p.process.poll() is not None
+                       for p in [stack.triton] + ([stack.gateway] if gateway else [])):
+                    logger.error("a part of the stack exited; stopping")
                     return 1
+                continue
+            try:
+                guard.check()
+            except (CrashLoop, ServerError) as exc:
+                logger.error("watchdog: %s; stopping", exc)
+                return 1
         logger.info("stopping")
     return 0

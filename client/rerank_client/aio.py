@@ -143,6 +143,7 @@ class AsyncRerankClient(ClientBase):
 
     async def _with_retry(self, call, deadline: float):
         attempt = 0
+        first_failure: float | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -154,7 +155,8 @@ class AsyncRerankClient(ClientBase):
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below
                 error = classify(exc)
+                first_failure = first_failure or time.monotonic()
                 if error.retryable:
                     self._replace_client(client)
-                await asyncio.sleep(self.retry.backoff(error, exc, attempt, deadline))
+                await asyncio.sleep(self.retry.backoff(error, exc, attempt, deadline, first_failure))
                 attempt += 1

@@ -101,23 +101,34 @@ def is_too_large(error: InvalidInputError) -> bool:
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded by the call's deadline."""
+    """Exponential backoff with full jitter, bounded by the call's deadline.
+
+    ``window_s`` (when set) replaces the count of ``retries``: a request is retried for up to that
+    many seconds after its first failure, which is how long it rides through a server restart.
+    """
 
     retries: int = 5
     base_s: float = 0.1
     max_s: float = 5.0
+    window_s: float | None = None
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, attempt: int) -> float:
         return self.rng.uniform(0.0, min(self.max_s, self.base_s * (2 ** attempt)))
 
-    def backoff(self, error: RerankError, cause: BaseException, attempt: int, deadline: float) -> float:
+    def backoff(self, error: RerankError, cause: BaseException, attempt: int, deadline: float,
+                first_failure: float | None = None) -> float:
         """The wait before retrying after ``error``; raises it instead when retrying is not allowed.
 
-        Raises ``error`` itself when it is not retryable or the retries are spent, and a
-        ``DeadlineExceededError`` keeping the server's message when the wait would pass ``deadline``.
+        Raises ``error`` itself when it is not retryable or the retries (or the retry window, counted
+        from ``first_failure``) are spent, and a ``DeadlineExceededError`` keeping the server's
+        message when the wait would pass ``deadline``.
         """
-        if not error.retryable or attempt >= self.retries:
+        if self.window_s is None:
+            spent = attempt >= self.retries
+        else:
+            spent = time.monotonic() - (first_failure or time.monotonic()) >= self.window_s
+        if not error.retryable or spent:
             raise error from cause
         delay = self.delay(attempt)
         if time.monotonic() + delay >= deadline:
@@ -188,14 +199,15 @@ class ClientBase:
 
     def __init__(self, url: str | None = None, protocol: str = "grpc", *,
                  model: str | None = None, timeout_s: float = 60.0, retries: int = 5,
-                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, max_concurrency: int = 4,
+                 backoff_s: float = 0.1, max_backoff_s: float = 5.0, retry_window_s: float | None = None,
+                 max_concurrency: int = 4,
                  max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
                  tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
         self.settings = ConnectionSettings(url, protocol, model, timeout_s, ssl, root_certificates, private_key,
                                            certificate_chain, headers)
-        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s)
+        self.retry = RetryPolicy(retries, backoff_s, max_backoff_s, retry_window_s)
         self.max_concurrency = max(1, max_concurrency)
         self.max_rows_per_request = max_rows_per_request
         self.truncate = truncate

@@ -60,7 +60,11 @@ def classify(exc: BaseException) -> RerankError:
         if status in _DEADLINE_STATUS:
             return DeadlineExceededError(message, status)
         loading = "has no available versions" in message or "is not ready" in message  # during a (re)start
-        if status in _RETRYABLE_STATUS or status is None or loading or _looks_like_connection_error(message):
+        # A python-backend stub that died: Triton 2.51 never restarts it, but `rerank-build serve`'s
+        # watchdog restarts tritonserver, so the request is worth retrying.
+        dead_stub = "Stub process" in message and "is not healthy" in message
+        if (status in _RETRYABLE_STATUS or status is None or loading or dead_stub
+                or _looks_like_connection_error(message)):
             return ServerUnavailableError(message, status)
         return RerankError(message, status)
     if isinstance(exc, _TIMEOUTS):

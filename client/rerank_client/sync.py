@@ -153,6 +153,7 @@ class RerankClient(ClientBase):
 
     def _with_retry(self, call, deadline: float):
         attempt = 0
+        first_failure: float | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -161,7 +162,8 @@ class RerankClient(ClientBase):
                 return call(self._client(), remaining)
             except Exception as exc:  # noqa: BLE001 - classified below
                 error = classify(exc)
+                first_failure = first_failure or time.monotonic()
                 if error.retryable:
                     self._drop_client()
-                time.sleep(self.retry.backoff(error, exc, attempt, deadline))
+                time.sleep(self.retry.backoff(error, exc, attempt, deadline, first_failure))
                 attempt += 1

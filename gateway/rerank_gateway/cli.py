@@ -29,6 +29,8 @@ def build_parser(env: GatewaySettings) -> argparse.ArgumentParser:
     p.add_argument("--max-passages", type=int, help=f"passages per request (default {env.max_passages})")
     p.add_argument("--max-body-bytes", type=int, help=f"bytes per request body (default {env.max_body_bytes})")
     p.add_argument("--timeout-s", type=float, help=f"deadline per request, retries included (default {env.timeout_s})")
+    p.add_argument("--ride-through-s", type=float,
+                   help=f"seconds a request retries while Triton is unavailable (default {env.ride_through_s})")
     p.add_argument("--triton-concurrency", type=int,
                    help=f"Triton requests in flight per REST request (default {env.triton_concurrency})")
     p.add_argument("--rows-per-request", type=int,

@@ -40,7 +40,10 @@ class Scorer:
     def client(self) -> AsyncRerankClient:
         if self._client is None:
             s = self.settings
+            # Retried for up to ride_through_s while Triton is unavailable: a restart (the watchdog's
+            # after a dead python stub) is ridden through instead of failing every request meanwhile.
             self._client = AsyncRerankClient(s.triton, "grpc", model=s.ensemble, timeout_s=s.timeout_s,
+                                             max_backoff_s=1.0, retry_window_s=s.ride_through_s,
                                              max_concurrency=s.triton_concurrency,
                                              max_rows_per_request=s.rows_per_request)
         return self._client
@@ -62,7 +65,7 @@ class Scorer:
             return
         served = ", ".join(self.settings.model_names)
         raise ApiError(404, f"Model '{model}' is not served here; this server serves {served}",
-                       f"send one of these as 'model', or leave it out")
+                       "send one of these as 'model', or leave it out")
 
     async def rank(self, route: str, model: str | None, query: str, passages: Sequence[str],
                    truncate: str | None) -> Scored:

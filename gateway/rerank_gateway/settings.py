@@ -46,6 +46,7 @@ class GatewaySettings:
     max_passages: int = 1000  # names.MAX_PASSAGES_PER_REQUEST: passages per REST request
     max_body_bytes: int = 32 * 1024 * 1024  # names.MAX_BODY_BYTES
     timeout_s: float = 60.0  # deadline of one REST request, retries included (504 past it)
+    ride_through_s: float = 30.0  # how long a request retries while Triton is unavailable (a restart)
     triton_concurrency: int = 4  # Triton requests in flight for one REST request
     rows_per_request: int = 128  # passages per Triton request (the ensemble's limits also apply)
     api_keys: tuple[str, ...] = ()  # empty: auth off, any Authorization header is accepted
@@ -57,8 +58,9 @@ class GatewaySettings:
         problems = [f"{name} must be at least 1, got {getattr(self, name)}"
                     for name in ("port", "workers", "max_passages", "max_body_bytes", "triton_concurrency",
                                  "rows_per_request") if getattr(self, name) < 1]
-        if self.timeout_s <= 0:
-            problems.append(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.timeout_s <= 0 or self.ride_through_s < 0:
+            problems.append(f"timeout_s must be positive and ride_through_s not negative, got {self.timeout_s} "
+                            f"and {self.ride_through_s}")
         if not self.triton.strip():
             problems.append("triton must be HOST:PORT")
         if problems:

@@ -1,0 +1,161 @@
+"""Faults while requests flow, against ``rerank-build serve`` (tritonserver + gateway + watchdog).
+
+For each fault: requests keep flowing through the REST gateway (plain HTTP, as a user's client) and
+through the client library over gRPC (with a retry window, as the gateway uses it); a probe polls
+readiness. Each scenario records what the in-flight requests got and how long recovery took (printed;
+``pytest -s`` shows them), and checks that the gateway and the client library rode through, that
+readiness told the truth meanwhile, and that no answer was ever wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway_helpers import distinct_passages, ensemble_answer, expected_order
+from rerank_build.stack import ServePorts
+from rerank_build.watchdog import SHM_DIR, python_stubs
+from rerank_client import RerankClient
+from stack_helpers import children, start_serve
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+QUERY, PASSAGES = distinct_passages(12, seed=31)
+
+
+@dataclass
+class Flow:
+    """Requests sent continuously by one kind of client, and what each got."""
+
+    outcomes: Counter = field(default_factory=Counter)
+    wrong: list = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_repository, tmp_path_factory, server):
+    """One served stack for every scenario (the watchdog's restart budget allows them all)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    ports = ServePorts.free()
+    proc = start_serve(tiny_repository, ports, tmp)
+    logits, _ = ensemble_answer(server, QUERY, PASSAGES)  # the truth, from the session's own server
+    yield proc, ports, tmp / "serve.log", expected_order(logits)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except Exception:  # noqa: BLE001
+        proc.kill()
+
+
+def _rest_flow(url: str, order: list[int], flow: Flow, stop: threading.Event) -> None:
+    session = requests.Session()
+    body = {"query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES], "truncate": "END"}
+    while not stop.is_set():
+        try:
+            answer = session.post(url + "/v1/ranking", json=body, timeout=60)
+            flow.outcomes[str(answer.status_code)] += 1
+            if answer.status_code == 200 and [r["index"] for r in answer.json()["rankings"]] != order:
+                flow.wrong.append(answer.text[:200])
+        except requests.RequestException as exc:
+            flow.outcomes[type(exc).__name__] += 1
+            session = requests.Session()
+            time.sleep(0.1)
+
+
+def _grpc_flow(url: str, order: list[int], flow: Flow, stop: threading.Event) -> None:
+    with RerankClient(url, "grpc", timeout_s=60, truncate="END", max_backoff_s=1.0, retry_window_s=30) as client:
+        while not stop.is_set():
+            try:
+                results = client.rerank(QUERY, PASSAGES)
+                flow.outcomes["ok"] += 1
+                if [r.index for r in results] != order:
+                    flow.wrong.append([r.index for r in results])
+            except Exception as exc:  # noqa: BLE001 - recorded
+                flow.outcomes[type(exc).__name__] += 1
+
+
+def _probe(url: str, seen: Counter, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            seen[str(requests.get(url + "/v1/health/ready", timeout=2).status_code)] += 1
+        except requests.RequestException as exc:
+            seen[type(exc).__name__] += 1
+        time.sleep(0.05)
+
+
+def run_fault(stack, kill, recovered_line: str, title: str) -> tuple[Flow, Flow, Counter, float]:
+    """Start the flows, apply ``kill()``, wait for the watchdog's recovery line, then a few more
+    good answers; returns the flows, the readiness probe's counts and the recovery time (s)."""
+    proc, ports, log, order = stack
+    rest_url, grpc_url = f"http://127.0.0.1:{ports.http}", f"127.0.0.1:{ports.grpc}"
+    before = log.read_text().count(recovered_line)
+    stop, rest, grpc, ready = threading.Event(), Flow(), Flow(), Counter()
+    threads = [threading.Thread(target=_rest_flow, args=(rest_url, order, rest, stop)),
+               threading.Thread(target=_grpc_flow, args=(grpc_url, order, grpc, stop)),
+               threading.Thread(target=_probe, args=(rest_url, ready, stop))]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # requests in flight
+    kill()
+    deadline = time.monotonic() + 120
+    while log.read_text().count(recovered_line) == before and time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    text = log.read_text()
+    assert text.count(recovered_line) > before, f"no recovery within 120 s: {text[-3000:]}"
+    seconds = float(re.findall(rf"{re.escape(recovered_line)} and ready in ([\d.]+)s", text)[-1])
+    time.sleep(2.0)  # good answers after the recovery
+    stop.set()
+    for t in threads:
+        t.join(90)
+    print(f"\n[{title}] recovery {seconds:.1f}s; REST via gateway: {dict(rest.outcomes)}; client library gRPC: "
+          f"{dict(grpc.outcomes)}; gateway readiness probes: {dict(ready)}")
+    assert not rest.wrong and not grpc.wrong, "a wrong answer"
+    return rest, grpc, ready, seconds
+
+
+def _stub_pid(ports: ServePorts, proc, model: str) -> tuple[int, list[str]]:
+    triton = next(p for p in children(proc.pid) if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes())
+    stubs = python_stubs(triton)
+    victim = next(s for s in stubs if s.name.startswith(model))
+    return victim.pid, [s.shm_region for s in stubs if s.shm_region]
+
+
+@pytest.mark.parametrize("model", ["engine", "tokenizer"])
+def test_killed_python_stub_is_recovered_and_ridden_through(stack, model):
+    proc, ports, _, _ = stack
+    pid, regions = _stub_pid(ports, proc, model)
+    rest, grpc, ready, seconds = run_fault(stack, lambda: __import__("os").kill(pid, signal.SIGKILL),
+                                           "died; tritonserver restarted", f"kill -9 {model} stub")
+    assert set(rest.outcomes) == {"200"}, "the gateway rode through the restart"
+    assert set(grpc.outcomes) == {"ok"}, "the client library rode through the restart"
+    assert ready["503"] >= 1 and ready["200"] >= 1, "readiness was false while tritonserver restarted"
+    assert not [r for r in regions if (SHM_DIR / r).exists()], "the old stubs' /dev/shm regions are gone"
+    assert seconds < 60
+
+
+def test_killed_tritonserver_is_restarted(stack):
+    proc, _, _, _ = stack
+    triton = next(p for p in children(proc.pid) if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes())
+    rest, grpc, ready, _ = run_fault(stack, lambda: __import__("os").kill(triton, signal.SIGKILL),
+                                     "tritonserver exited (code -9); tritonserver restarted", "kill -9 tritonserver")
+    assert set(rest.outcomes) == {"200"} and set(grpc.outcomes) == {"ok"}
+    assert ready["503"] >= 1
+
+
+def test_killed_gateway_is_restarted(stack):
+    proc, _, _, _ = stack
+    gateway = next(p for p in children(proc.pid) if b"rerank_gateway" in Path(f"/proc/{p}/cmdline").read_bytes())
+    rest, grpc, ready, _ = run_fault(stack, lambda: __import__("os").kill(gateway, signal.SIGKILL),
+                                     "rerank-gateway exited (code -9); rerank-gateway restarted", "kill -9 gateway")
+    assert set(grpc.outcomes) == {"ok"}, "gRPC clients do not go through the gateway"
+    assert rest.outcomes["200"] >= 1
+    # While the gateway is down, its clients get connection errors (HTTP clients do not retry those).
+    assert set(rest.outcomes) <= {"200", "ConnectionError"}
