@@ -324,15 +324,23 @@ def test_several_workers_share_one_metrics_view(start_gateway):
 
 
 def test_triton_unavailable_gives_503_with_retry_after(artifacts):
+    import time
+
     from rerank_build.server import free_ports
     from rerank_build.stack import GatewayProcess
 
-    dead = free_ports(1)[0]  # nothing listens there
-    with GatewayProcess(f"127.0.0.1:{dead}", port=free_ports(1)[0], log_path=artifacts / "gateway-dead.log",
-                        extra_args=["--ride-through-s", "1"]) as gw:
+    dead = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    with GatewayProcess(dead, port=free_ports(1)[0], log_path=artifacts / "gateway-dead.log") as gw:
+        started = time.monotonic()
         ready = get(gw, "/v1/health/ready")
         assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert ready.headers["Retry-After"] == "1"
         assert get(gw, "/v1/health/live").status_code == 200
+        meta = get(gw, "/v1/metadata").json()  # the gateway's own limits, without waiting for Triton
+        assert "max_passages_per_request" in meta["limits"] and "max_rows_per_request" not in meta["limits"]
+        assert time.monotonic() - started < 10, "probes and metadata do not wait out the ride-through"
+    with GatewayProcess(dead, port=free_ports(1)[0], log_path=artifacts / "gateway-dead-2.log",
+                        extra_args=["--ride-through-s", "1"]) as gw:
         response = post(gw, "/v1/ranking", nim())
         assert assert_error(response, 503, "unavailable")["type"] == "service_unavailable"
         assert response.headers["Retry-After"] == "1"

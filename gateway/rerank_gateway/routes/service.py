@@ -6,6 +6,7 @@ is neither in its own table nor listed here; LangChain takes its default model f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -53,8 +54,8 @@ async def metadata(request: Request) -> dict[str, Any]:
     scorer: Scorer = request.app.state.scorer
     limits: dict[str, Any] = {names.MAX_PASSAGES_PER_REQUEST: settings.max_passages,
                               names.MAX_BODY_BYTES: settings.max_body_bytes}
-    try:
-        server = await scorer.limits()
+    try:  # not the request's ride-through wait: metadata answers at once, with or without Triton
+        server = await asyncio.wait_for(scorer.limits(), timeout=2.0)
         limits.update({names.MAX_SEQUENCE_LENGTH: server.max_sequence_length,
                        names.MAX_ROWS_PER_REQUEST: server.max_rows, names.MAX_TOKENS_PER_REQUEST: server.max_tokens})
     except Exception as exc:  # noqa: BLE001 - Triton down: the gateway's own limits are still true
