@@ -33,7 +33,7 @@ def test_compose_serves_on_gpus_with_nims_ports():
     assert gateway["environment"]["RERANK_GATEWAY_TRITON"] == "triton:8001"
     assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
     assert triton["ports"] == ["${GRPC_PORT:-8001}:8001", "${METRICS_PORT:-8002}:8002", "${TRITON_HTTP_PORT:-8003}:8003"]
-    assert "--http-port=8003" in (ROOT / "docker" / "Dockerfile.triton").read_text()
+    assert "--http-port=8003" in (ROOT / "docker" / "triton-entrypoint.sh").read_text()
     assert "8003/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     device = triton["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
@@ -42,7 +42,8 @@ def test_compose_serves_on_gpus_with_nims_ports():
 
 
 def test_shell_scripts_pass_shellcheck():
-    done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "scripts" / "gpu_check.sh"), str(ROOT / ".ci" / "run")],
+    done = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "scripts" / "gpu_check.sh"), str(ROOT / ".ci" / "run"),
+                           str(ROOT / "docker" / "triton-entrypoint.sh")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
 
@@ -62,3 +63,12 @@ def test_gateway_image_holds_only_the_light_packages():
     text = (ROOT / "docker" / "Dockerfile.gateway").read_text()
     assert "-c requirements.lock ./contract ./client ./gateway" in text
     assert "USER 10001" in text and "build_scripts" not in text and "pyproject.toml ./" not in text
+
+
+def test_triton_image_restricts_the_admin_apis_like_rerank_build_serve():
+    from rerank_build.server import ADMIN_HEADER, RESTRICTED_APIS
+
+    text = (ROOT / "docker" / "triton-entrypoint.sh").read_text()
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}="
+    assert restricted in text and "--http-restricted-api=" in text and "--grpc-restricted-protocol=" in text
+    assert "--model-control-mode=none" in text

@@ -203,6 +203,38 @@ def test_model_control_is_off(server):
         c.close()
 
 
+def test_admin_apis_need_the_admin_key(server):
+    """Model repository, shared memory, logging and trace: refused without the admin key, on both protocols;
+    inference, health, metadata, config and statistics stay open."""
+    import requests
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from rerank_build.server import ADMIN_HEADER
+
+    base = f"http://{server.http_url}"
+    for path, body in [("/v2/logging", {"log_verbose_level": 1}), ("/v2/trace/setting", {"trace_rate": "5"}),
+                       ("/v2/systemsharedmemory/region/x/register", {"key": "/x", "offset": 0, "byte_size": 8}),
+                       ("/v2/repository/index", {}), ("/v2/repository/models/engine/unload", {})]:
+        refused = requests.post(base + path, json=body, timeout=10)
+        assert refused.status_code == 403 and ADMIN_HEADER in refused.text, (path, refused.text)
+    allowed = requests.post(base + "/v2/logging", json={"log_verbose_level": 0}, timeout=10,
+                            headers={ADMIN_HEADER: server.admin_key})
+    assert allowed.status_code == 200
+    c = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            c.update_log_settings({"log_verbose_level": 1})
+        with pytest.raises(InferenceServerException, match="restricted"):
+            c.get_model_repository_index()
+        assert c.update_log_settings({"log_verbose_level": 0},
+                                     headers={f"triton-grpc-protocol-{ADMIN_HEADER}": server.admin_key})
+        assert c.is_server_ready() and c.get_model_config("engine") and c.get_inference_statistics("engine")
+    finally:
+        c.close()
+    assert_still_serving(server, "grpc")
+
+
 def test_readme_curl_example(server):
     """The README's KServe v2 JSON request (Triton's HTTP port, 8003 under `make serve`), posted as curl would."""
     import json

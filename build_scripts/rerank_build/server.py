@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -105,8 +106,21 @@ def free_ports(n: int = 3) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
+#: Triton API groups that change the server (model load/unload, shared-memory registration, log and
+#: trace settings): restricted on both protocols to requests carrying ADMIN_HEADER with the admin key.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_HEADER = "triton-admin-key"
+ADMIN_KEY_ENV = "RERANK_TRITON_ADMIN_KEY"
+
+
+def admin_key() -> str:
+    """``$RERANK_TRITON_ADMIN_KEY``, else a random key nobody is told (the admin APIs are then closed)."""
+    return os.environ.get(ADMIN_KEY_ENV) or secrets.token_urlsafe(32)
+
+
 def server_command(repository: Path, ports: Ports, host: str = "127.0.0.1", log_verbose: int = 0,
-                   extra: list[str] | None = None) -> list[str]:
+                   extra: list[str] | None = None, admin: str | None = None) -> list[str]:
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin or admin_key()}"
     return [
         str(tritonserver_binary()),
         f"--model-repository={repository}",
@@ -118,6 +132,7 @@ def server_command(repository: Path, ports: Ports, host: str = "127.0.0.1", log_
         f"--grpc-address={host}", f"--grpc-port={ports.grpc}",
         f"--metrics-address={host}", f"--metrics-port={ports.metrics}",
         "--allow-gpu-metrics=false",
+        f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
         f"--log-verbose={log_verbose}",
         *(extra or []),
     ]
@@ -178,6 +193,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = extra_args
         self.log_verbose = log_verbose
+        self.admin_key = admin_key()  # the same across restarts of this server
         self.process: subprocess.Popen | None = None
 
     @property
@@ -193,7 +209,8 @@ class TritonServer:
 
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
         ensure_python_stub()
-        cmd = server_command(self.repository, self.ports, self.host, self.log_verbose, self.extra_args)
+        cmd = server_command(self.repository, self.ports, self.host, self.log_verbose, self.extra_args,
+                             self.admin_key)
         logger.info("starting tritonserver on http %d / grpc %d", self.ports.http, self.ports.grpc)
         self.process = spawn(cmd, server_env(), self.log_path)
         try:
