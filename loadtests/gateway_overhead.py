@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import requests
+import tritonclient.grpc as grpcclient
 
 from rerank_build.stack import ServingStack
 from rerank_build.textgen import random_text
@@ -81,8 +82,6 @@ class Paths:
             conn.close()
 
     def raw(self, query: str, passages: list[str]) -> None:
-        import tritonclient.grpc as grpcclient
-
         client = self._keep("raw", lambda: grpcclient.InferenceServerClient(self.stack.grpc_url))
         for start in range(0, len(passages), self.max_rows):
             part = passages[start:start + self.max_rows]

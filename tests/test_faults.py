@@ -22,7 +22,7 @@ import requests
 
 from gateway_helpers import distinct_passages, ensemble_answer, expected_order
 from rerank_build.stack import ServePorts
-from rerank_build.watchdog import SHM_DIR, python_stubs
+from rerank_build.stubs import SHM_DIR, python_stubs
 from rerank_client import RerankClient
 from stack_helpers import children, start_serve
 
@@ -144,10 +144,12 @@ def test_killed_python_stub_is_recovered_and_ridden_through(stack, model):
 def test_killed_tritonserver_is_restarted(stack):
     proc, _, _, _ = stack
     triton = next(p for p in children(proc.pid) if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes())
+    regions = [s.shm_region for s in python_stubs(triton) if s.shm_region]
     rest, grpc, ready, _ = run_fault(stack, lambda: __import__("os").kill(triton, signal.SIGKILL),
                                      "tritonserver exited (code -9); tritonserver restarted", "kill -9 tritonserver")
     assert set(rest.outcomes) == {"200"} and set(grpc.outcomes) == {"ok"}
     assert ready["503"] >= 1
+    assert regions and not [r for r in regions if (SHM_DIR / r).exists()], "the killed server's stubs left no region"
 
 
 def test_killed_gateway_is_restarted(stack):

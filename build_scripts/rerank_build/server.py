@@ -27,7 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .stubs import Stub, alive, python_stubs, remove_shm_regions
+
 logger = logging.getLogger(__name__)
+#: SIGTERM grace for a tritonserver with a dead python stub (it would not stop by itself).
+DEAD_STUB_GRACE_S = 3.0
 
 
 class ServerError(RuntimeError):
@@ -195,6 +199,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.admin_key = admin_key()  # the same across restarts of this server
         self.process: subprocess.Popen | None = None
+        self.stubs: list[Stub] = []  # its python-backend stubs, recorded once it is ready
 
     @property
     def grpc_url(self) -> str:
@@ -218,6 +223,7 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self.stubs = python_stubs(self.process.pid)
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -239,10 +245,19 @@ class TritonServer:
         raise ServerError(f"tritonserver was not ready after {timeout_s:.0f}s")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left (stubs included)."""
+        """SIGTERM the process group, then SIGKILL whatever is left (stubs included), and remove the
+        stubs' ``/dev/shm`` regions that a killed server leaves behind. With a dead stub, tritonserver
+        never finishes a SIGTERM (measured: ~30 s to its own timeout), so it gets a short grace then."""
         proc, self.process = self.process, None
-        if proc is not None:
-            stop_group(proc, timeout_s, "tritonserver")
+        if proc is None:
+            return
+        stubs = {s.pid: s for s in [*self.stubs, *python_stubs(proc.pid)]}.values()
+        if any(not alive(s.pid) for s in stubs):
+            timeout_s = min(timeout_s, DEAD_STUB_GRACE_S)
+        stop_group(proc, timeout_s, "tritonserver")
+        removed = remove_shm_regions([s.shm_region for s in stubs if s.shm_region])
+        if removed:
+            logger.info("removed %d /dev/shm regions of stopped python stubs", len(removed))
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self

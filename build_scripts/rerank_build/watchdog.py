@@ -14,71 +14,13 @@ readiness (Triton's and the gateway's) is false, and the client library and the 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import psutil
+from .stubs import alive
 
 logger = logging.getLogger(__name__)
-
-STUB_BINARY = "triton_python_backend_stub"
-SHM_PREFIX = "triton_python_backend_shm_region"
-SHM_DIR = Path("/dev/shm")
-
-
-@dataclass(frozen=True)
-class Stub:
-    """One python-backend model instance's process."""
-
-    pid: int
-    name: str  # the model instance, e.g. engine_0_0
-    shm_region: str | None  # its /dev/shm region, e.g. triton_python_backend_shm_region_<uuid>
-
-
-def python_stubs(server_pid: int) -> list[Stub]:
-    """The python-backend stubs tritonserver ``server_pid`` started (its children running the stub)."""
-    stubs = []
-    try:
-        children = psutil.Process(server_pid).children()
-    except psutil.NoSuchProcess:
-        return []
-    for child in children:
-        try:
-            argv = child.cmdline()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-        if not argv or not argv[0].endswith(STUB_BINARY):
-            continue
-        model = Path(argv[1]).parent.parent.name if len(argv) > 1 else "?"
-        name = next((a for a in argv if re.fullmatch(rf"{re.escape(model)}_\d+_\d+", a)), model)
-        region = next((a for a in argv if a.startswith(SHM_PREFIX)), None)
-        stubs.append(Stub(child.pid, name, region))
-    return stubs
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, killed but not yet reaped by tritonserver, is dead)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def remove_shm_regions(regions: list[str]) -> list[str]:
-    """Unlink the named ``/dev/shm`` regions that are still there; returns those removed."""
-    removed = []
-    for region in regions:
-        path = SHM_DIR / region
-        try:
-            path.unlink()
-            removed.append(region)
-        except FileNotFoundError:
-            pass
-    return removed
-
 
 class CrashLoop(RuntimeError):
     """Too many restarts in too little time: restarting again would not help."""
@@ -111,19 +53,15 @@ class StackWatchdog:
     recovery it made (for the log and the tests) and raises :class:`CrashLoop` past the budget.
     """
 
-    def __init__(self, stack, gateway: bool = True, budget: RestartBudget | None = None,
-                 stop_grace_s: float = 3.0) -> None:
+    def __init__(self, stack, gateway: bool = True, budget: RestartBudget | None = None) -> None:
         self.stack = stack
         self.gateway = gateway
         self.budget = budget or RestartBudget()
-        self.stop_grace_s = stop_grace_s
-        self.stubs: list[Stub] = []
 
     def arm(self) -> None:
-        """Record tritonserver's stubs (call once it is ready)."""
-        self.stubs = python_stubs(self.stack.triton.process.pid)
-        logger.info("watchdog: watching %d python stubs (%s)", len(self.stubs),
-                    ", ".join(s.name for s in self.stubs))
+        """Log what is watched: the stubs tritonserver recorded when it became ready."""
+        logger.info("watchdog: watching %d python stubs (%s)", len(self.stack.triton.stubs),
+                    ", ".join(s.name for s in self.stack.triton.stubs))
 
     def check(self) -> list[str]:
         events = []
@@ -132,7 +70,7 @@ class StackWatchdog:
             code = triton.returncode if triton is not None else "?"
             events.append(self._restart_triton(f"tritonserver exited (code {code})"))
         else:
-            dead = [s for s in self.stubs if not alive(s.pid)]
+            dead = [s for s in self.stack.triton.stubs if not alive(s.pid)]
             if dead:
                 names = ", ".join(f"{s.name} (pid {s.pid})" for s in dead)
                 events.append(self._restart_triton(f"python stub {names} died"))
@@ -146,11 +84,7 @@ class StackWatchdog:
         self.budget.spend(why)
         started = time.monotonic()
         logger.error("watchdog: %s; restarting tritonserver (readiness is false meanwhile)", why)
-        regions = [s.shm_region for s in self.stubs if s.shm_region]
-        self.stack.triton.stop(timeout_s=self.stop_grace_s)
-        removed = remove_shm_regions(regions)
-        if removed:
-            logger.info("watchdog: removed %d stale /dev/shm regions", len(removed))
+        self.stack.triton.stop()  # a short grace with a dead stub; removes the stubs' /dev/shm regions
         self.stack.triton.start()
         self.arm()
         message = f"{why}; tritonserver restarted and ready in {time.monotonic() - started:.1f}s"

@@ -14,6 +14,8 @@ import os
 import sys
 import tempfile
 
+import uvicorn
+
 from .settings import GatewaySettings
 
 
@@ -52,8 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"rerank-gateway: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     os.environ.update(settings.to_env())  # workers build their app from the environment
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerank-gateway-metrics-")

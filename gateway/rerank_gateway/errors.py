@@ -9,6 +9,7 @@ client mangles it and its sync client dumps ``requests`` internals instead.
 from __future__ import annotations
 
 import logging
+import typing
 from typing import Any, Iterable, Mapping
 
 from fastapi import FastAPI, Request
@@ -97,8 +98,6 @@ def _dotted(loc: list[Any]) -> str:
 
 def _fields_at(model: type[BaseModel] | None, loc: list[Any]) -> list[str]:
     """Field names of the (nested) model at ``loc``, for "expected one of ..."."""
-    import typing
-
     current: Any = model
     for part in loc:
         if isinstance(part, int):
