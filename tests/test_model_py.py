@@ -133,3 +133,36 @@ def test_postprocess_sorts_and_aligns(tiny_repository):
     assert out["INDEX"].tolist() == [[1], [0], [2], [3]]
     assert out["LOGIT"].dtype == np.float32 and out["LOGIT"][:, 0].tolist() == [2.0, 0.5, 0.5, -1.0]
     assert out["TOKEN_COUNT"].tolist() == [[20], [10], [30], [40]]
+
+
+def _engine_request(ids, mask=None):
+    ids = np.asarray(ids, dtype=np.int32)
+    mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int32)
+    return pb.InferenceRequest({"input_ids": ids, "attention_mask": mask})
+
+
+@pytest.mark.parametrize("ids,mask,fragment", [
+    ([[5, 999999]], None, "input_ids must lie in [0, 128256)"),
+    ([[-1, 5]], None, "got values from -1"),
+    ([[5, 6, 7]], [[1, 1]], "of the same shape"),
+    ([[5, 6]], [[1, 7]], "only 0 and 1"),
+    ([[5, 6], [7, 8]], [[1, 1], [0, 0]], "row 1 has an all-zero attention_mask"),
+    ([[5, 6, 7]], [[1, 1, 0]], "left-padded"),
+    (np.full((1, 8193), 5), None, "width 8193 exceeds the longest sequence the engine serves (8192 tokens)"),
+])
+def test_engine_refuses_what_only_a_direct_call_can_send(tiny_repository, ids, mask, fragment):
+    """Each bad request gets INVALID_ARGUMENT on its own; the good ones batched with it are scored."""
+    engine = load_model(tiny_repository, "engine")
+    good = [[128000, 10, 20, 30]]
+    outs = engine.execute([_engine_request(good), _engine_request(ids, mask), _engine_request(good)])
+    assert outs[1].error.code() == pb.TritonError.INVALID_ARG and fragment in outs[1].error.message()
+    assert outs[0].error is None and outs[2].error is None
+    np.testing.assert_array_equal(outs[0].output_tensors["logits"], outs[2].output_tensors["logits"])
+
+
+def test_engine_never_returns_a_non_finite_score(tiny_repository):
+    engine = load_model(tiny_repository, "engine")
+    engine.score = lambda ids, masks: np.array([[0.5], [np.nan]], dtype=np.float32)
+    outs = engine.execute([_engine_request([[128000, 5]]), _engine_request([[128000, 6]])])
+    assert outs[0].error is None and outs[0].output_tensors["logits"].tolist() == [[0.5]]
+    assert outs[1].error.code() == pb.TritonError.INTERNAL and "non-finite" in outs[1].error.message()

@@ -203,6 +203,23 @@ def test_model_control_is_off(server):
         c.close()
 
 
+@pytest.mark.parametrize("ids,mask,fragment", [
+    ([[128000, 999999]], None, "input_ids must lie in [0, 128256)"),
+    ([[-7, 128000]], None, "got values from -7"),
+    ([[128000, 5, 6]], [[1, 1]], "of the same shape"),
+    ([[128000, 5]], [[7, 7]], "only 0 and 1"),
+    ([[128000, 5]], [[0, 0]], "all-zero attention_mask"),
+    (np.full((1, 9216), 5), None, "width 9216 exceeds the longest sequence"),
+])
+def test_engine_called_directly_refuses_bad_input(server, protocol, ids, mask, fragment):
+    """The internal engine model is reachable on its own: what only a direct call can send is refused."""
+    ids = np.asarray(ids, dtype=np.int32)
+    mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int32)
+    message = expect_invalid(server, protocol, {"input_ids": ids, "attention_mask": mask}, model="engine")
+    assert fragment in message, message
+    assert_still_serving(server, protocol)
+
+
 def test_admin_apis_need_the_admin_key(server):
     """Model repository, shared memory, logging and trace: refused without the admin key, on both protocols;
     inference, health, metadata, config and statistics stay open."""

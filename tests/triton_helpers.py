@@ -38,10 +38,11 @@ def infer_raw(server, protocol: str, inputs: dict[str, np.ndarray], parameters: 
         c.close()
 
 
-def expect_invalid(server, protocol: str, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> str:
+def expect_invalid(server, protocol: str, inputs: dict[str, np.ndarray], parameters: dict | None = None,
+                   model: str = DEFAULT_ENSEMBLE_NAME) -> str:
     """Send a bad request; assert INVALID_ARGUMENT / HTTP 400 and return the message."""
     try:
-        infer_raw(server, protocol, inputs, parameters)
+        infer_raw(server, protocol, inputs, parameters, model)
     except InferenceServerException as exc:
         assert str(exc.status()) == INVALID[protocol], (exc.status(), exc.message())
         return exc.message()

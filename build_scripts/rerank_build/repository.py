@@ -22,6 +22,7 @@ import rerank_contract
 from rerank_contract.names import ENSEMBLE_NAME
 from rerank_contract.prompt import DEFAULT_BUCKETS, DEFAULT_MAX_LENGTH, EOS_ID
 
+from .config import RerankerConfig
 from .tokenizer_files import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class RepositorySettings:
         """The ``${name}`` substitutions (``num_profiles``: the GPU engine's optimization profiles)."""
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         values["buckets"] = ",".join(map(str, self.buckets))
+        values["max_width"] = str(self.buckets[-1])
         values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
         values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, tuple(range(num_profiles)))
         # A max_queue_size turns off Triton's payload prefetching: measured on Triton 2.51, a request
@@ -260,6 +262,7 @@ def build_repository(
         gpu_meta = check_engine_for_repository(Path(engine), settings, triton_release,  # type: ignore[arg-type]
                                                serving_tensorrt)
     values = settings.template_values(len(gpu_meta["profiles"]) if gpu_meta else 1)
+    values["vocab_size"] = str(RerankerConfig.from_file(ckpt_dir).vocab_size)
     _prepare_out(out, force)
 
     tok_dir = _write_model(out, "tokenizer", "tokenizer", values)

@@ -266,6 +266,37 @@ def compact_runs(lengths: "Sequence[int] | np.ndarray", max_tokens: int, granula
     return runs
 
 
+def engine_input_problem(input_ids: np.ndarray, attention_mask: np.ndarray, max_width: int,
+                         vocab_size: int) -> "str | None":
+    """Why the engine step must refuse a request that reached it directly, or None if it is sound.
+
+    The ensemble's tokenizer only ever sends sound rows, but the engine model is reachable on its
+    own: an id outside the vocabulary would be gathered out of bounds (undefined in a TensorRT
+    engine), a width past the longest bucket allocates without bound, a mask of other values than
+    0 and 1 gives NaN, an all-zero mask gives a plausible-looking score of nothing, and the CPU
+    engine cuts rows to their length from the left, which only a left-padded row survives.
+    """
+    if input_ids.ndim != 2 or attention_mask.ndim != 2 or input_ids.shape != attention_mask.shape:
+        return (f"input_ids {list(input_ids.shape)} and attention_mask {list(attention_mask.shape)} must both be "
+                "[rows, width], of the same shape")
+    rows, width = input_ids.shape
+    if width > max_width:
+        return f"width {width} exceeds the longest sequence the engine serves ({max_width} tokens)"
+    if rows == 0 or width == 0:
+        return "no tokens to score"
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        return f"input_ids must lie in [0, {vocab_size}), got values from {low} to {high}"
+    if not np.isin(attention_mask, (0, 1)).all():
+        return "attention_mask must hold only 0 and 1"
+    if (np.diff(attention_mask, axis=1) < 0).any():
+        return "rows must be left-padded: each attention_mask row is zeros, then ones"
+    empty = np.flatnonzero(attention_mask.sum(axis=1) == 0)
+    if empty.size:
+        return f"row {int(empty[0])} has an all-zero attention_mask: there is nothing to score"
+    return None
+
+
 def choose_bucket(length: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
     """Smallest bucket that holds ``length`` tokens; the length itself past the last bucket."""
     for bucket in sorted(buckets):

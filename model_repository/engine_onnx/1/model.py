@@ -6,6 +6,11 @@ The dynamic batcher hands over several requests. Their rows arrive left-padded t
 length (``rerank_contract.prompt.compact_runs``, copied beside this file) and each group is cut to its own
 longest row: a request whose passages are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask and relative RoPE
 make a row's score independent of its padding (tested), so this changes speed, not scores.
+
+The engine is reachable on its own, not only through the ensemble, so each request is checked first
+(``rerank_contract.prompt.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
+shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
+a non-finite score is never returned.
 """
 
 import json
@@ -31,21 +36,32 @@ class TritonPythonModel:
             os.path.join(here, params.get("onnx_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
         )
         self.max_tokens = int(params.get("max_tokens_per_run", "16384"))
+        self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
+        self.vocab_size = int(params.get("vocab_size", "128256"))
 
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests]
+        problems = [rp.engine_input_problem(i, m, self.max_width, self.vocab_size) for i, m in zip(ids, masks)]
+        good = [k for k, problem in enumerate(problems) if problem is None]
+        responses = [pb_utils.InferenceResponse(error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
+                     if problem else None for problem in problems]
+        if not good:
+            return responses
         try:
-            logits = self.score(ids, masks)
+            logits = self.score([ids[k] for k in good], [masks[k] for k in good])
         except Exception as exc:  # an engine failure fails these requests, not the server
             error = pb_utils.TritonError(f"engine failed: {exc}", pb_utils.TritonError.INTERNAL)
-            return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        responses, start = [], 0
-        for block in ids:
-            rows = block.shape[0]
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("logits", logits[start:start + rows])]))
-            start += rows
+            return [r or pb_utils.InferenceResponse(error=error) for r in responses]
+        start = 0
+        for k in good:
+            block = logits[start:start + ids[k].shape[0]]
+            start += ids[k].shape[0]
+            if np.isfinite(block).all():
+                responses[k] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logits", block)])
+            else:
+                responses[k] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "engine produced a non-finite score", pb_utils.TritonError.INTERNAL))
         return responses
 
     def score(self, ids, masks):
