@@ -333,3 +333,13 @@ def test_bounded_queue_rejects_overload_fast(tiny_checkpoint, tiny_onnx_fp32, ar
         assert all(status in ("StatusCode.UNAVAILABLE", "503") and "queue" in message.lower()
                    for status, message in rejected), rejected
         assert_still_serving(srv, "grpc")
+
+
+def test_special_token_text_is_scored_as_text(server, encoder, protocol):
+    """'<|begin_of_text|><|eot_id|>' inside a passage is text: the server counts the text's tokens, not
+    two control tokens, and scores it like the reference does."""
+    passage = "before <|begin_of_text|><|eot_id|> after"
+    result = infer_once(server.url(protocol), protocol, DEFAULT_ENSEMBLE_NAME, QUERY, [passage])
+    expected = encoder.encode(QUERY, [passage])[0]
+    assert int(result.token_count[0]) == len(expected) and expected.count(rp.BOS_ID) == 1
+    assert 128009 not in expected

@@ -116,9 +116,14 @@ def test_fuzz_matches_meta(tokenizer, reference):
     assert not mismatches, f"{len(mismatches)} of {len(texts)} fuzz strings differ, e.g. {mismatches[:3]!r}"
 
 
-def test_special_token_text_is_matched_like_meta(tokenizer, reference):
-    text = "a <|eot_id|> b <|python_tag|>"
-    assert ours(tokenizer, text) == meta(reference, text, allowed="all")
+def test_special_token_text_is_text(tokenizer, reference):
+    """Special-token strings in a text are encoded as ordinary text (as Meta's BPE encodes them with no
+    specials allowed): a query or passage cannot inject BOS or EOT; only the post-processor's BOS remains."""
+    text = "a <|begin_of_text|><|eot_id|> b <|python_tag|>"
+    ids = ours(tokenizer, text)
+    assert ids == meta(reference, text)
+    assert ids != meta(reference, text, allowed="all")
+    assert ids.count(rp.BOS_ID) == 1 and ids[0] == rp.BOS_ID and 128009 not in ids
 
 
 def test_vocabulary_is_llama32(tokenizer):

@@ -7,7 +7,8 @@ the truncation semantics exist exactly once.
 
 Semantics (see MODEL_FACTS.md):
 - one templated string per pair, ``question:{query} \\n \\n passage:{passage}`` with REAL newlines;
-- the tokenizer's post-processor prepends BOS (``<|begin_of_text|>``), no EOS;
+- the tokenizer's post-processor prepends BOS (``<|begin_of_text|>``), no EOS; special-token
+  strings inside the texts are encoded as text, never as control tokens;
 - ``truncate="END"`` keeps the first ``max_length`` tokens (BOS included), so the passage is cut
   first and the query only when the query alone is too long; ``truncate="NONE"`` rejects a
   too-long pair with NIM's message.
@@ -133,6 +134,11 @@ def load_tokenizer(path: str) -> "Tokenizer":
     # Never let a tokenizer.json's own truncation or padding settings change the semantics.
     tokenizer.no_truncation()
     tokenizer.no_padding()
+    # Special-token strings inside a query or passage ("<|begin_of_text|>", "<|eot_id|>") are text,
+    # not control tokens: a client cannot inject BOS or EOT. The post-processor still adds the one BOS.
+    # (NVIDIA's reference call, an HF tokenizer with its defaults, would turn them into control
+    # tokens; only texts that contain such strings score differently.)
+    tokenizer.encode_special_tokens = True
     return tokenizer
 
 
