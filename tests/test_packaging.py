@@ -8,6 +8,7 @@ repository's lock file), and then used against the real server.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -33,8 +34,14 @@ def installed(python: Path) -> set[str]:
 
 
 def pip_install(python: Path, *paths: str) -> None:
+    """Install the packages from a copy of their sources (a build writes build/ and egg-info beside them)."""
+    sources = python.parent.parent.parent / "sources"
+    for name in paths:
+        if not (sources / name).exists():
+            shutil.copytree(ROOT / name, sources / name, ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                                        "__pycache__"))
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(ROOT / "requirements.lock"),
-                           *[str(ROOT / p) for p in paths]], capture_output=True, text=True, timeout=900)
+                           *[str(sources / p) for p in paths]], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
