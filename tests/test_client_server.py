@@ -235,3 +235,13 @@ def test_cli(server, tmp_path):
     done = subprocess.run([cli, "--url", server.grpc_url, "--query", QUERY, "--passage", ""],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "InvalidInputError" in done.stderr and "passage 0 is empty" in done.stderr
+
+
+def test_client_splits_by_the_published_byte_limit(server):
+    """Three 800 kB passages (END) exceed one request's 2,000,000 bytes: the client splits them."""
+    big = [("x " if i % 2 else "y ") * 400_000 for i in range(3)]
+    with RerankClient(server.grpc_url, "grpc", truncate="END") as client:
+        assert client.limits.max_bytes == TEST_LIMITS["max_request_bytes"]
+        results = client.rerank(QUERY, big)
+    assert sorted(r.index for r in results) == [0, 1, 2]
+    assert all(r.token_count == 8192 for r in results)

@@ -158,3 +158,13 @@ def test_ensemble_prefix_is_dropped_from_messages():
     error = classify(InferenceServerException("in ensemble 'nvidia_llama_3_2_nv_rerankqa_1b_v2', passage 1 is empty",
                                               status="StatusCode.INVALID_ARGUMENT"))
     assert error.message == "passage 1 is empty"
+
+
+def test_plan_keeps_requests_under_the_byte_limit():
+    limits = ServerLimits(max_rows=512, max_bytes=1000)
+    sizes = [400, 400, 400, 1500, 10]
+    chunks = plan_requests([20] * 5, limits, sizes=sizes)
+    assert sorted(i for c in chunks for i in c) == list(range(5))
+    assert all(sum(sizes[i] for i in c) <= 1000 or len(c) == 1 for c in chunks)
+    assert is_too_large(InvalidInputError("request carries 5000 bytes of text (...), more than the limit of 4000 "
+                                          "bytes per request; send fewer or shorter passages per request"))

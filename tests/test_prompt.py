@@ -132,3 +132,13 @@ def test_choose_bucket(length, bucket):
 
 def test_count_tokens_matches_encode(encoder):
     assert encoder.count_tokens("q", ["a b c", "d"]) == [len(r) for r in encoder.encode("q", ["a b c", "d"])]
+
+
+def test_bytes_are_refused_before_tokenizing():
+    class NeverCalled:
+        def encode(self, *args, **kwargs):
+            raise AssertionError("tokenized an oversized request")
+
+    limits = rp.RequestLimits(max_bytes=100)
+    with pytest.raises(rp.RequestTooLargeError, match=r"carries 106 bytes .* limit of 100 bytes per request"):
+        rp.encode_request(NeverCalled(), [b"q" * 3] * 2, [b"p" * 50, "é" * 25], "END", limits)

@@ -343,3 +343,12 @@ def test_special_token_text_is_scored_as_text(server, encoder, protocol):
     expected = encoder.encode(QUERY, [passage])[0]
     assert int(result.token_count[0]) == len(expected) and expected.count(rp.BOS_ID) == 1
     assert 128009 not in expected
+
+
+def test_text_bytes_are_capped_before_tokenizing(server, protocol):
+    """Over max_bytes_per_request the request is refused before any tokenizing, naming the limit."""
+    big = ["x " * 400_000] * 3  # 2.4 MB of text, over the test repository's 2,000,000 bytes
+    message = expect_invalid(server, protocol, {"query": texts([QUERY] * 3), "passage": texts(big)},
+                             parameters={"truncate": "END"})
+    assert "more than the limit of 2000000 bytes per request" in message
+    assert_still_serving(server, protocol)

@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int)
     p.add_argument("--buckets", type=_int_list, help="padded lengths, e.g. 64,128,256,512")
     p.add_argument("--max-request-tokens", dest="max_request_tokens", type=int, help="padded tokens per request")
+    p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int,
+                   help="text bytes per request, refused before tokenizing")
     p.add_argument("--tokenizer-instances", dest="tokenizer_instances", type=int)
     p.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)
     p.add_argument("--engine-max-batch-size", dest="engine_max_batch_size", type=int)

@@ -20,7 +20,7 @@ from typing import Any
 
 import rerank_contract
 from rerank_contract.names import ENSEMBLE_NAME
-from rerank_contract.prompt import DEFAULT_BUCKETS, DEFAULT_MAX_LENGTH, EOS_ID
+from rerank_contract.prompt import DEFAULT_BUCKETS, DEFAULT_MAX_BYTES, DEFAULT_MAX_LENGTH, EOS_ID
 
 from .config import RerankerConfig
 from .tokenizer_files import copy_tokenizer_files
@@ -50,6 +50,7 @@ class RepositorySettings:
     max_sequence_length: int = DEFAULT_MAX_LENGTH
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     max_request_tokens: int = 131072
+    max_request_bytes: int = DEFAULT_MAX_BYTES
     pad_id: int = EOS_ID
     tokenizer_instances: int = 2
     postprocess_instances: int = 1
@@ -73,7 +74,7 @@ class RepositorySettings:
             problems.append(f"ensemble name {self.ensemble_name!r} may hold only letters, digits, '_', '.', '-'")
         if self.ensemble_name in MODELS:
             problems.append(f"ensemble name {self.ensemble_name!r} collides with a composing model")
-        for name in ("max_rows", "max_sequence_length", "max_request_tokens", "tokenizer_instances",
+        for name in ("max_rows", "max_sequence_length", "max_request_tokens", "max_request_bytes", "tokenizer_instances",
                      "postprocess_instances", "engine_max_batch_size", "engine_instances", "instances_per_gpu",
                      "engine_tokens_per_run"):
             if getattr(self, name) < 1:

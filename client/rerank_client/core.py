@@ -37,6 +37,7 @@ class ServerLimits:
     max_tokens: int | None = None
     max_sequence_length: int = rp.DEFAULT_MAX_LENGTH
     buckets: tuple[int, ...] | None = None
+    max_bytes: int | None = None  # text bytes per request, every row's query and passage
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
@@ -46,11 +47,13 @@ class ServerLimits:
         max_rows = int(params.get(names.MAX_ROWS_PER_REQUEST) or config.get("max_batch_size") or 512)
         tokens = params.get(names.MAX_TOKENS_PER_REQUEST)
         buckets = params.get(names.LENGTH_BUCKETS)
+        max_bytes = params.get(names.MAX_BYTES_PER_REQUEST)
         return cls(
             max_rows=max_rows,
             max_tokens=int(tokens) if tokens else None,
             max_sequence_length=int(params.get(names.MAX_SEQUENCE_LENGTH) or rp.DEFAULT_MAX_LENGTH),
             buckets=tuple(int(b) for b in buckets.split(",")) if buckets else None,
+            max_bytes=int(max_bytes) if max_bytes else None,
         )
 
     def padded(self, length: int) -> int:
@@ -72,11 +75,12 @@ class TokenEstimator:
 
 
 def plan_requests(lengths: Sequence[int], limits: ServerLimits, max_rows: int | None = None,
-                  truncate: str = "NONE") -> list[list[int]]:
-    """Passage indices per request: one length bucket per request, within the row and token limits.
+                  truncate: str = "NONE", sizes: Sequence[int] | None = None) -> list[list[int]]:
+    """Passage indices per request: one length bucket per request, within the row, token and byte limits.
 
     Rows are padded to the request's bucket, so mixing a long passage into a request of short ones
     would pad every row to the long one's bucket; grouping by bucket keeps padding minimal.
+    ``sizes``: each row's text bytes (query and passage), kept under ``limits.max_bytes`` when given.
     """
     rows_cap = max(1, min(limits.max_rows, max_rows or limits.max_rows))
     cap = limits.max_sequence_length if truncate == rp.Truncate.END.value else None
@@ -91,12 +95,29 @@ def plan_requests(lengths: Sequence[int], limits: ServerLimits, max_rows: int | 
         if limits.max_tokens is not None:
             per_request = max(1, min(rows_cap, limits.max_tokens // max(limits.padded(width), 1)))
         chunks += [members[k:k + per_request] for k in range(0, len(members), per_request)]
+    if sizes is not None and limits.max_bytes is not None:
+        chunks = [part for chunk in chunks for part in _split_by_bytes(chunk, sizes, limits.max_bytes)]
     return chunks
+
+
+def _split_by_bytes(chunk: list[int], sizes: Sequence[int], max_bytes: int) -> list[list[int]]:
+    """Consecutive parts of ``chunk`` whose rows carry at most ``max_bytes`` (a lone row may carry more:
+    the server refuses it with a message naming the limit)."""
+    parts: list[list[int]] = [[]]
+    total = 0
+    for i in chunk:
+        if parts[-1] and total + sizes[i] > max_bytes:
+            parts.append([])
+            total = 0
+        parts[-1].append(i)
+        total += sizes[i]
+    return parts
 
 
 def is_too_large(error: InvalidInputError) -> bool:
     """The server's "more than the limit ... per request" refusal: worth splitting, not failing."""
-    return "per request" in error.message and ("padded tokens" in error.message or "passages" in error.message)
+    return "per request" in error.message and any(unit in error.message for unit in ("padded tokens", "passages",
+                                                                                       "bytes"))
 
 
 @dataclass
@@ -226,5 +247,7 @@ class ClientBase:
             raise RerankError("client is closed")
         check_arguments(query, passages, top_n)
         mode = truncate or self.truncate
+        query_bytes = len(query.encode("utf-8"))
+        sizes = [query_bytes + len(p.encode("utf-8")) for p in passages]
         return mode, plan_requests(self.estimator.estimate(query, list(passages)), limits,
-                                   self.max_rows_per_request, mode)
+                                   self.max_rows_per_request, mode, sizes)

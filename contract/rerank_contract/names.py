@@ -37,6 +37,7 @@ TRUNCATE_PARAMETER = "truncate"
 MAX_ROWS_PER_REQUEST = "max_rows_per_request"  # passages per Triton request (ensemble max_batch_size)
 MAX_TOKENS_PER_REQUEST = "max_tokens_per_request"  # padded tokens per Triton request
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # tokens per pair, BOS included
+MAX_BYTES_PER_REQUEST = "max_bytes_per_request"  # text bytes per Triton request, every row's query and passage
 LENGTH_BUCKETS = "length_buckets"  # lengths the tokenizer pads rows to
 
 # Limits of the REST gateway (it splits a request over several Triton requests).

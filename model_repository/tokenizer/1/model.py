@@ -33,6 +33,7 @@ class TritonPythonModel:
         self.limits = rp.RequestLimits(
             max_rows=int(json.loads(args["model_config"])["max_batch_size"]),
             max_tokens=int(params[names.MAX_TOKENS_PER_REQUEST]),
+            max_bytes=int(params[names.MAX_BYTES_PER_REQUEST]),
             buckets=tuple(int(b) for b in params[names.LENGTH_BUCKETS].split(",")),
         )
         self.pad_id = int(params["pad_id"])
