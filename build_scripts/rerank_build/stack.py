@@ -9,7 +9,6 @@ theirs) whichever way it ends.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
@@ -115,9 +114,10 @@ class ServingStack:
 
     def __init__(self, repository: str | Path, ports: ServePorts | None = None, host: str = "127.0.0.1",
                  log_dir: str | Path | None = None, gateway_args: list[str] | None = None,
-                 triton_args: list[str] | None = None, log_verbose: int = 0) -> None:
+                 triton_args: list[str] | None = None, log_verbose: int = 0, with_gateway: bool = True) -> None:
         self.ports = ports or ServePorts.free()
         self.host = host
+        self.with_gateway = with_gateway
         logs = Path(log_dir) if log_dir and str(log_dir) != "-" else None
         if logs:
             logs.mkdir(parents=True, exist_ok=True)
@@ -145,8 +145,9 @@ class ServingStack:
         started = time.monotonic()
         self.triton.start(timeout_s)
         try:
-            self.gateway.start(60.0)
-            self.gateway.wait_ready(max(10.0, timeout_s - (time.monotonic() - started)))
+            if self.with_gateway:
+                self.gateway.start(60.0)
+                self.gateway.wait_ready(max(10.0, timeout_s - (time.monotonic() - started)))
         except BaseException:
             self.stop()
             raise
@@ -170,14 +171,11 @@ def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, 
     if not (repository / ".rerank-repository.json").is_file() and not any(repository.glob("*/config.pbtxt")):
         raise ServerError(f"{repository} holds no model repository: run `rerank-build repository` first")
     stop = threading.Event()
-    stack = ServingStack(repository, ports, host, log_dir="-", gateway_args=gateway_args, log_verbose=log_verbose)
-    guard = StackWatchdog(stack, gateway=gateway)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(stack.stop)
-        stack.triton.start()
-        if gateway:
-            stack.gateway.start()
-            stack.gateway.wait_ready(120.0)
+    stack = ServingStack(repository, ports, host, log_dir="-", gateway_args=gateway_args, log_verbose=log_verbose,
+                         with_gateway=gateway)
+    guard = StackWatchdog(stack)
+    parts = [stack.triton] + ([stack.gateway] if gateway else [])
+    with stack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         guard.arm()
@@ -187,16 +185,13 @@ def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, 
             where.insert(0, f"REST API http://{host}:{ports.http} (docs: /docs)")
         logger.info("serving: %s. Ctrl-C stops.", "; ".join(where))
         while not stop.wait(0.5):
-            if not watchdog:
-                if any(p.process is None or p.process.poll() is not None
-                       for p in [stack.triton] + ([stack.gateway] if gateway else [])):
-                    logger.error("a part of the stack exited; stopping")
-                    return 1
-                continue
             try:
-                guard.check()
+                if watchdog:
+                    guard.check()
+                elif any(p.process is None or p.process.poll() is not None for p in parts):
+                    raise ServerError("a part of the stack exited (--no-watchdog)")
             except (CrashLoop, ServerError) as exc:
-                logger.error("watchdog: %s; stopping", exc)
+                logger.error("%s; stopping", exc)
                 return 1
         logger.info("stopping")
     return 0

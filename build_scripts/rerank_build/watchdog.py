@@ -53,9 +53,8 @@ class StackWatchdog:
     recovery it made (for the log and the tests) and raises :class:`CrashLoop` past the budget.
     """
 
-    def __init__(self, stack, gateway: bool = True, budget: RestartBudget | None = None) -> None:
+    def __init__(self, stack, budget: RestartBudget | None = None) -> None:
         self.stack = stack
-        self.gateway = gateway
         self.budget = budget or RestartBudget()
 
     def arm(self) -> None:
@@ -74,7 +73,7 @@ class StackWatchdog:
             if dead:
                 names = ", ".join(f"{s.name} (pid {s.pid})" for s in dead)
                 events.append(self._restart_triton(f"python stub {names} died"))
-        if self.gateway:
+        if self.stack.with_gateway:
             gw = self.stack.gateway.process
             if gw is None or gw.poll() is not None:
                 events.append(self._restart_gateway(f"rerank-gateway exited (code {gw.returncode if gw else '?'})"))
