@@ -66,12 +66,14 @@ class TokenEstimator:
     def __init__(self, tokenizer: str | Path | None = None) -> None:
         self.encoder = rp.PairEncoder(rp.load_tokenizer(str(tokenizer)), max_length=10**9) if tokenizer else None
 
-    def estimate(self, query: str, passages: Sequence[str]) -> list[int]:
+    def estimate(self, query: str, passages: Sequence[str], passage_bytes: Sequence[int] | None = None) -> list[int]:
+        """``passage_bytes``: each passage's UTF-8 length, when the caller has it already."""
         if self.encoder is not None:
             return [len(ids) for ids in self.encoder.encode(query, passages, rp.Truncate.NONE)]
         # Llama-3 BPE: ~4 bytes per token for English, ~3 for most other scripts; bytes/3 over-estimates.
         q = math.ceil(len(query.encode("utf-8")) / 3)
-        return [TEMPLATE_TOKENS + q + math.ceil(len(p.encode("utf-8")) / 3) for p in passages]
+        sizes = passage_bytes if passage_bytes is not None else [len(p.encode("utf-8")) for p in passages]
+        return [TEMPLATE_TOKENS + q + math.ceil(n / 3) for n in sizes]
 
 
 def plan_requests(lengths: Sequence[int], limits: ServerLimits, max_rows: int | None = None,
@@ -247,7 +249,7 @@ class ClientBase:
             raise RerankError("client is closed")
         check_arguments(query, passages, top_n)
         mode = truncate or self.truncate
+        passage_bytes = [len(p.encode("utf-8")) for p in passages]
         query_bytes = len(query.encode("utf-8"))
-        sizes = [query_bytes + len(p.encode("utf-8")) for p in passages]
-        return mode, plan_requests(self.estimator.estimate(query, list(passages)), limits,
-                                   self.max_rows_per_request, mode, sizes)
+        return mode, plan_requests(self.estimator.estimate(query, list(passages), passage_bytes), limits,
+                                   self.max_rows_per_request, mode, [query_bytes + n for n in passage_bytes])
