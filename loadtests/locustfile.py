@@ -25,6 +25,7 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+from geventhttpclient import URL, HTTPClient  # noqa: E402
 from locust import User, between, constant, constant_throughput, events, task  # noqa: E402
 
 from loadtests.workload import Workload, WorkloadSpec  # noqa: E402
@@ -113,8 +114,6 @@ class RestGatewayUser(_WorkloadUser):
     """NIM's ``POST /v1/ranking`` on the gateway (geventhttpclient: gevent-native, keep-alive)."""
 
     def on_start(self) -> None:
-        from geventhttpclient import HTTPClient, URL
-
         super().on_start()
         url = URL(self.environment.parsed_options.gateway_url)
         self.http = HTTPClient.from_url(url, concurrency=1, network_timeout=self.timeout_s,

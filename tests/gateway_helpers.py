@@ -9,7 +9,6 @@ import numpy as np
 import requests
 
 from rerank_build.textgen import random_text
-from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
 
 JSON = {"Content-Type": "application/json"}
 
@@ -35,17 +34,6 @@ def assert_error(response: requests.Response, status: int, fragment: str = "") -
     assert body["code"] == status
     assert fragment in body["message"], (fragment, body)
     return body
-
-
-def ensemble_answer(server, query: str, passages: list[str], truncate: str = "END") -> tuple[np.ndarray, np.ndarray]:
-    """(logits, token counts) per passage, by position, from the ensemble over gRPC: one request per
-    passage, so that no splitting or merging of ours is involved."""
-    logits, counts = [], []
-    for passage in passages:
-        r = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, query, [passage], truncate=truncate)
-        logits.append(float(r.logit[0]))
-        counts.append(int(r.token_count[0]))
-    return np.array(logits, dtype=np.float32), np.array(counts)
 
 
 def expected_order(logits: np.ndarray) -> list[int]:

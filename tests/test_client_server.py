@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from rerank_client import (
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
 
 from conftest import TEST_LIMITS
+from triton_helpers import ensemble_answer
 
 pytestmark = pytest.mark.server
 
@@ -35,13 +35,7 @@ PASSAGES = list(FIXED_CASES[0].passages)
 
 def reference(server, passages, query=QUERY):
     """One raw request per passage: the ground truth the split/merge must reproduce."""
-    def one(p):
-        r = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, query, [p], truncate="END")
-        return float(r.logit[0]), int(r.token_count[0])
-
-    with ThreadPoolExecutor(4) as pool:
-        pairs = list(pool.map(one, passages))
-    return np.array([p[0] for p in pairs], dtype=np.float32), np.array([p[1] for p in pairs])
+    return ensemble_answer(server, query, list(passages))
 
 
 def socket_count() -> int:

@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway_helpers import distinct_passages, ensemble_answer, expected_order
+from gateway_helpers import distinct_passages, expected_order
 from rerank_build.stack import ServePorts
 from rerank_build.stubs import SHM_DIR, python_stubs
 from rerank_client import RerankClient
 from stack_helpers import children, start_serve
+from triton_helpers import ensemble_answer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from conftest import TEST_LIMITS
-from gateway_helpers import (
-    JSON, assert_error, distinct_passages, ensemble_answer, expected_order, get, post,
-)
+from gateway_helpers import JSON, assert_error, distinct_passages, expected_order, get, post
+from triton_helpers import ensemble_answer
 from rerank_build.textgen import FIXED_CASES
 
 pytestmark = pytest.mark.server

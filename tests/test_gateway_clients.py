@@ -14,7 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from gateway_helpers import assert_well_separated, distinct_passages, ensemble_answer, expected_order, get
+from gateway_helpers import assert_well_separated, distinct_passages, expected_order, get
+from triton_helpers import ensemble_answer
 
 pytestmark = pytest.mark.server
 

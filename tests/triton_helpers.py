@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, protocol_module
+from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once, protocol_module
 
 INVALID = {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}
 
@@ -47,3 +48,15 @@ def expect_invalid(server, protocol: str, inputs: dict[str, np.ndarray], paramet
         assert str(exc.status()) == INVALID[protocol], (exc.status(), exc.message())
         return exc.message()
     raise AssertionError("the server accepted a bad request")
+
+
+def ensemble_answer(server, query: str, passages: list[str], truncate: str = "END") -> tuple[np.ndarray, np.ndarray]:
+    """(logits, token counts) per passage, by position, from the ensemble over gRPC: one request per
+    passage, so that no splitting or merging of ours is involved. The ground truth for those tests."""
+    def one(passage: str) -> tuple[float, int]:
+        r = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, query, [passage], truncate=truncate)
+        return float(r.logit[0]), int(r.token_count[0])
+
+    with ThreadPoolExecutor(4) as pool:
+        pairs = list(pool.map(one, passages))
+    return np.array([p[0] for p in pairs], dtype=np.float32), np.array([p[1] for p in pairs])

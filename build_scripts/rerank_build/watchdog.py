@@ -49,8 +49,8 @@ class StackWatchdog:
     - a python stub of tritonserver died -> restart tritonserver (see the module docstring);
     - tritonserver itself exited -> start it again;
     - the gateway exited -> start it again.
-    ``check()`` is called periodically by the foreground loop; it returns a description of each
-    recovery it made (for the log and the tests) and raises :class:`CrashLoop` past the budget.
+    ``check()`` is called periodically by the foreground loop; it logs each recovery (the tests read
+    those lines) and raises :class:`CrashLoop` past the budget.
     """
 
     def __init__(self, stack, budget: RestartBudget | None = None) -> None:
@@ -62,41 +62,34 @@ class StackWatchdog:
         logger.info("watchdog: watching %d python stubs (%s)", len(self.stack.triton.stubs),
                     ", ".join(s.name for s in self.stack.triton.stubs))
 
-    def check(self) -> list[str]:
-        events = []
+    def check(self) -> None:
         triton = self.stack.triton.process
         if triton is None or triton.poll() is not None:
             code = triton.returncode if triton is not None else "?"
-            events.append(self._restart_triton(f"tritonserver exited (code {code})"))
+            self._restart(f"tritonserver exited (code {code})", "tritonserver", self._restart_triton)
         else:
             dead = [s for s in self.stack.triton.stubs if not alive(s.pid)]
             if dead:
                 names = ", ".join(f"{s.name} (pid {s.pid})" for s in dead)
-                events.append(self._restart_triton(f"python stub {names} died"))
-        if self.stack.with_gateway:
-            gw = self.stack.gateway.process
-            if gw is None or gw.poll() is not None:
-                events.append(self._restart_gateway(f"rerank-gateway exited (code {gw.returncode if gw else '?'})"))
-        return events
+                self._restart(f"python stub {names} died", "tritonserver", self._restart_triton)
+        gateway = self.stack.gateway.process
+        if self.stack.with_gateway and (gateway is None or gateway.poll() is not None):
+            code = gateway.returncode if gateway is not None else "?"
+            self._restart(f"rerank-gateway exited (code {code})", "rerank-gateway", self._restart_gateway)
 
-    def _restart_triton(self, why: str) -> str:
+    def _restart(self, why: str, name: str, restart) -> None:
         self.budget.spend(why)
         started = time.monotonic()
-        logger.error("watchdog: %s; restarting tritonserver (readiness is false meanwhile)", why)
+        logger.error("watchdog: %s; restarting %s (readiness is false meanwhile)", why, name)
+        restart()
+        logger.warning("watchdog: %s; %s restarted and ready in %.1fs", why, name, time.monotonic() - started)
+
+    def _restart_triton(self) -> None:
         self.stack.triton.stop()  # a short grace with a dead stub; removes the stubs' /dev/shm regions
         self.stack.triton.start()
         self.arm()
-        message = f"{why}; tritonserver restarted and ready in {time.monotonic() - started:.1f}s"
-        logger.warning("watchdog: %s", message)
-        return message
 
-    def _restart_gateway(self, why: str) -> str:
-        self.budget.spend(why)
-        started = time.monotonic()
-        logger.error("watchdog: %s; restarting it", why)
+    def _restart_gateway(self) -> None:
         self.stack.gateway.stop()
         self.stack.gateway.start()
         self.stack.gateway.wait_ready(120.0)
-        message = f"{why}; rerank-gateway restarted and ready in {time.monotonic() - started:.1f}s"
-        logger.warning("watchdog: %s", message)
-        return message
