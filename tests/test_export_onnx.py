@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rerank_contract import prompt as rp
-from rerank_build.export_onnx import EXTERNAL_DATA_FILE, export_onnx, ort_session
+from rerank_build.export_onnx import EMPTY_ROW_LOGIT, EXTERNAL_DATA_FILE, export_onnx, ort_session
 from rerank_build.textgen import FIXED_CASES, random_cases
 
 
@@ -59,6 +59,35 @@ def test_onnxruntime_matches_reference(request, variant, atol, tiny_model, encod
     with torch.no_grad():
         ref = tiny_model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
     np.testing.assert_allclose(out, ref, atol=atol)
+
+
+@pytest.mark.parametrize("variant", ["tiny_onnx_fp32", "tiny_onnx_fp16"])
+def test_graph_guards_what_a_direct_call_sends(request, variant, tiny_model, encoder):
+    """What a TensorRT engine built from this graph gets too: no Python layer checks its inputs."""
+    session = ort_session(request.getfixturevalue(variant))
+    vocab = tiny_model.config.vocab_size
+    batch = rp.left_pad(_rows(encoder)[:4])
+    ids, mask = batch.input_ids, batch.attention_mask
+    run = lambda i, m: session.run(None, {"input_ids": i, "attention_mask": m})[0]  # noqa: E731
+    clean = run(ids, mask)
+    # Well-formed rows: the guards change nothing, bit for bit (Max/Min/Where are exact).
+    assert np.isfinite(clean).all()
+    ops = {node.op_type for node in onnx.load(str(request.getfixturevalue(variant))).graph.node}
+    assert {"Max", "Min", "Where"} <= ops
+    # Ids outside [0, vocab) score as the nearest valid id (Gather never reads outside the table).
+    wild = ids.copy()
+    wild[0, -1], wild[1, -1] = 999_999, -5
+    clamped = ids.copy()
+    clamped[0, -1], clamped[1, -1] = vocab - 1, 0
+    np.testing.assert_array_equal(run(wild, mask), run(clamped, mask))
+    # Mask values other than 0/1 count as 1 (7 gave NaN before).
+    np.testing.assert_array_equal(run(ids, mask * 7), clean)
+    # A row with nothing to attend to scores float32's lowest value: finite, last, never plausible.
+    empty = mask.copy()
+    empty[2] = 0
+    out = run(ids, empty)
+    assert out[2, 0] == np.float32(EMPTY_ROW_LOGIT)
+    np.testing.assert_array_equal(np.delete(out, 2, axis=0), np.delete(clean, 2, axis=0))
 
 
 def test_dynamic_axes_accept_other_shapes(tiny_onnx_fp32):

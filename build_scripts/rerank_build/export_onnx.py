@@ -4,6 +4,9 @@ Contract (shared by ONNX, TensorRT and the Triton configs):
 - inputs ``input_ids`` and ``attention_mask``: int32 [batch, seq], left-padded, dynamic axes;
 - output ``logits``: fp32 [batch, 1] (raw logit; the head's division by temperature included).
 Legacy TorchScript exporter, opset 17, eager attention with an explicit bidirectional mask.
+The graph guards itself (:class:`EngineGraph`), because a TensorRT engine has no Python layer in
+front of it: ids are clamped into ``[0, vocab)``, the mask is read as ``mask > 0``, and a row whose
+mask is all zeros scores :data:`EMPTY_ROW_LOGIT`. None of this changes a well-formed row's score.
 ``fp16`` keeps RMSNorm, softmax, pooling and the head in fp32. Models over 2 GB are written
 with ONNX external data (``model.onnx.data``) beside ``model.onnx``.
 """
@@ -24,6 +27,7 @@ import torch
 from rerank_contract.prompt import EOS_ID
 
 from .checkpoint import load_reranker, resolve_checkpoint
+from .reference import Reranker
 from .tokenizer_files import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,36 @@ EXTERNAL_DATA_FILE = "model.onnx.data"
 #: provider runs fp16 through inserted casts, but has no bf16 kernels).
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 PROTOBUF_LIMIT = 2 * 1024**3
+#: The logit of a row with no token to attend to: float32's lowest finite value. It is never a
+#: plausible score, sorts last, and stays valid JSON (NaN and -inf do not).
+EMPTY_ROW_LOGIT = float(torch.finfo(torch.float32).min)
+
+
+class EngineGraph(Reranker):
+    """The exported computation: :class:`Reranker` behind guards against what a direct call may send.
+
+    Out-of-range ids would make TensorRT's Gather read outside the embedding table (undefined
+    behaviour) and ONNX Runtime's fail; mask values other than 0/1 gave NaN; an all-zero mask gave
+    a plausible 0.0. Min/Max (not Clip) because TensorRT runs them on INT32. It shares the model's
+    modules, so the graph's weights keep the checkpoint's names.
+    """
+
+    def __init__(self, model: Reranker) -> None:
+        torch.nn.Module.__init__(self)
+        self.config = model.config
+        self.model = model.model
+        self.score = model.score
+        self.register_buffer("first_id", torch.tensor(0, dtype=ONNX_INT_DTYPE), persistent=False)
+        self.register_buffer("last_id", torch.tensor(model.config.vocab_size - 1, dtype=ONNX_INT_DTYPE),
+                             persistent=False)
+        self.register_buffer("empty_logit", torch.tensor(EMPTY_ROW_LOGIT), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        ids = torch.maximum(torch.minimum(input_ids, self.last_id), self.first_id)
+        mask = (attention_mask > 0).to(attention_mask.dtype)
+        logits = super().forward(ids, mask)
+        empty = mask.to(torch.float32).sum(dim=1, keepdim=True) == 0
+        return torch.where(empty, self.empty_logit, logits)
 
 
 def _dummy_inputs(batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +115,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp32"
         logger.info("tracing %s model (%s) to ONNX", dtype, ckpt_dir)
         with torch.no_grad():
             torch.onnx.export(
-                model,
+                EngineGraph(model),
                 _dummy_inputs(),
                 str(tmp_path),
                 dynamo=False,
