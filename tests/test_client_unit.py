@@ -28,6 +28,8 @@ def test_limits_from_config():
     limits = ServerLimits.from_config(CONFIG)
     assert limits == ServerLimits(64, 16384, 8192, (64, 128, 256, 512, 8192))
     assert ServerLimits.from_config({"config": {"max_batch_size": 32}}) == ServerLimits(32, None, 8192, None)
+    published = {"parameters": {**CONFIG["parameters"], "max_passages_in_flight": {"string_value": "256"}}}
+    assert ServerLimits.from_config(published).max_in_flight == 256
 
 
 def test_plan_groups_similar_lengths_within_limits():

@@ -282,6 +282,29 @@ def test_limits_answer_413_naming_the_limit(start_gateway):
     assert post(small, "/v1/ranking", nim(["p"])).status_code == 200, "keeps serving"
 
 
+def test_admission_answers_503_with_retry_after_over_the_budget(server, start_gateway):
+    """A budget of 8 passages and requests of 8: one at a time is scored, the others are told to retry."""
+    small = start_gateway("--admission-passages", "8")
+    query, passages = distinct_passages(8, seed=11)
+    passages = [p * 30 for p in passages]  # long enough that requests overlap
+    logits, _ = ensemble_answer(server, query, passages)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: post(small, "/v1/ranking", nim(passages, query)), range(12)))
+    ok = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert ok and refused, [a.status_code for a in answers]
+    assert all([r["index"] for r in a.json()["rankings"]] == expected_order(logits) for a in ok)
+    for answer in refused:
+        assert_error(answer, 503, "the budget is 8 (max_passages_in_flight)")
+        assert int(answer.headers["Retry-After"]) >= 1
+    samples = {line.split()[0]: float(line.split()[1]) for line in get(small, "/metrics").text.splitlines()
+               if line and not line.startswith("#")}
+    assert samples["rerank_gateway_admission_rejected_total"] == len(refused)
+    assert samples["rerank_gateway_passages_in_flight"] == 0
+    # A request larger than the whole budget runs alone rather than never.
+    assert post(small, "/v1/ranking", nim(passages * 3, query)).status_code == 200
+
+
 def test_auth_off_accepts_any_authorization(gateway):
     for value in ("Bearer **********", "Bearer NO_API_KEY_PROVIDED", "Bearer fake-api-key", "Bearer None", "junk"):
         assert post(gateway, "/v1/ranking", nim(), headers={"Authorization": value}).status_code == 200, value

@@ -6,6 +6,7 @@ import pytest
 
 from rerank_client import DeadlineExceededError, InputTooLongError, RerankError, ServerUnavailableError
 from rerank_contract import names
+from rerank_gateway.admission import MAX_RETRY_AFTER_S, Admission, Overloaded
 from rerank_gateway.errors import ApiError, describe_validation_errors, from_rerank_error
 from rerank_gateway.routes.cohere import document_text
 from rerank_gateway.schemas import RankingRequest
@@ -74,3 +75,46 @@ def test_model_names(model, ok):
         with pytest.raises(ApiError) as err:
             scorer.check_model(model)
         assert err.value.status == 404
+
+
+def test_admission_budget_of_passages_in_flight():
+    gate = Admission(10)
+    first = gate.acquire(6)
+    with pytest.raises(Overloaded) as refused:
+        gate.acquire(5)
+    assert (refused.value.in_flight, refused.value.budget) == (6, 10) and refused.value.retry_after_s >= 1
+    second = gate.acquire(4)  # fits exactly
+    gate.release(first, 6)
+    gate.release(second, 4)
+    assert gate.in_flight == 0
+    # Larger than the whole budget: charged the budget, so it runs alone rather than never.
+    big = gate.acquire(50)
+    assert big == 10
+    with pytest.raises(Overloaded):
+        gate.acquire(1)
+    gate.release(big, 50)
+    with pytest.raises(ValueError, match="at least 1"):
+        Admission(0)
+
+
+def test_retry_after_follows_the_recent_rate(monkeypatch):
+    clock = iter([0.0, 1.0, 1.0, 2.0, 2.0])
+    monkeypatch.setattr("rerank_gateway.admission.time.perf_counter", lambda: next(clock))
+    gate = Admission(1000)
+    assert gate.retry_after_s() == 1, "no rate measured yet"
+    a = gate.acquire(100)  # busy from t=0
+    b = gate.acquire(300)
+    gate.release(a, 100)  # 100 passages in 1 s
+    assert gate.retry_after_s() == 3, "300 in flight at 100 passages/s"
+    gate.release(b, 300)
+    c = gate.acquire(900)  # a new busy period starts at t=2
+    gate._rate = 1.0
+    assert gate.retry_after_s() == MAX_RETRY_AFTER_S
+    gate.release(c, 900)
+
+
+def test_admission_settings():
+    assert GatewaySettings.from_env({"RERANK_GATEWAY_ADMISSION": "off"}).admission is False
+    assert GatewaySettings.from_env({"RERANK_GATEWAY_ADMISSION_PASSAGES": "64"}).admission_passages == 64
+    with pytest.raises(ValueError, match="admission_passages must not be negative"):
+        GatewaySettings(admission_passages=-1)

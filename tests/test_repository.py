@@ -73,6 +73,13 @@ def test_invalid_settings_are_refused(overrides, fragment):
         RepositorySettings(**overrides)
 
 
+def test_admission_budget_follows_the_engine():
+    assert RepositorySettings().admission_budget == 4 * 64 * 1, "4 preferred batches per engine instance"
+    assert RepositorySettings(target="gpu", gpus=(0, 1), instances_per_gpu=2).admission_budget == 4 * 64 * 4
+    assert RepositorySettings(admission_passages=100).admission_budget == 100
+    assert RepositorySettings(admission_passages=100).template_values()["admission_passages"] == "100"
+
+
 def test_fill_refuses_a_missing_value():
     with pytest.raises(RepositoryError, match=r"no value for placeholder \$\{missing\}"):
         fill("max_batch_size: ${missing}", {}, "x")

@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preferred-batch-sizes", dest="preferred_batch_sizes", type=_int_list)
     p.add_argument("--max-queue-delay-us", dest="max_queue_delay_us", type=int)
     p.add_argument("--max-queue-size", dest="max_queue_size", type=int)
+    p.add_argument("--admission-passages", dest="admission_passages", type=int,
+                   help="passages in flight before the gateway answers 503 (default: 4 x largest preferred "
+                        "batch x engine instances)")
     p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: ONNX Runtime instances")
     p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")
     p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)

@@ -34,6 +34,9 @@ ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
 CONTRACT = "rerank_contract"
+#: Preferred batches per engine instance in the default admission budget: one executing, one being
+#: formed by the batcher, two in the tokenizer or postprocess step.
+ADMISSION_DEPTH = 4
 
 
 class RepositoryError(ValueError):
@@ -58,6 +61,7 @@ class RepositorySettings:
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 100
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
+    admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
     engine_instances: int = 1
     ort_threads: int = 0
@@ -79,8 +83,9 @@ class RepositorySettings:
                      "engine_tokens_per_run"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_queue_delay_us < 0 or self.ort_threads < 0 or self.max_queue_size < 0:
-            problems.append("max_queue_delay_us, ort_threads and max_queue_size must not be negative")
+        if min(self.max_queue_delay_us, self.ort_threads, self.max_queue_size, self.admission_passages) < 0:
+            problems.append("max_queue_delay_us, ort_threads, max_queue_size and admission_passages must not be "
+                            "negative")
         if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1:
             problems.append(f"buckets must be increasing positive lengths, got {list(self.buckets)}")
         elif self.buckets[-1] < self.max_sequence_length:
@@ -100,10 +105,24 @@ class RepositorySettings:
         if problems:
             raise RepositoryError("; ".join(problems))
 
+    @property
+    def engine_instance_count(self) -> int:
+        return self.engine_instances if self.target == "cpu" else len(self.gpus) * self.instances_per_gpu
+
+    @property
+    def admission_budget(self) -> int:
+        """Passages in flight before the gateway says 503: the given budget, or enough to keep every
+        engine instance busy with a full preferred batch while the next ones are queued, tokenized and
+        post-processed (:data:`ADMISSION_DEPTH` batches each). Work past that only waits in a queue."""
+        if self.admission_passages:
+            return self.admission_passages
+        return ADMISSION_DEPTH * max(self.preferred_batch_sizes) * self.engine_instance_count
+
     def template_values(self, num_profiles: int = 1) -> dict[str, str]:
         """The ``${name}`` substitutions (``num_profiles``: the GPU engine's optimization profiles)."""
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
         values["buckets"] = ",".join(map(str, self.buckets))
+        values["admission_passages"] = str(self.admission_budget)
         values["max_width"] = str(self.buckets[-1])
         values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
         values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, tuple(range(num_profiles)))

@@ -38,6 +38,7 @@ class ServerLimits:
     max_sequence_length: int = rp.DEFAULT_MAX_LENGTH
     buckets: tuple[int, ...] | None = None
     max_bytes: int | None = None  # text bytes per request, every row's query and passage
+    max_in_flight: int | None = None  # admission budget in passages (the REST gateway enforces it)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
@@ -48,12 +49,14 @@ class ServerLimits:
         tokens = params.get(names.MAX_TOKENS_PER_REQUEST)
         buckets = params.get(names.LENGTH_BUCKETS)
         max_bytes = params.get(names.MAX_BYTES_PER_REQUEST)
+        in_flight = params.get(names.MAX_PASSAGES_IN_FLIGHT)
         return cls(
             max_rows=max_rows,
             max_tokens=int(tokens) if tokens else None,
             max_sequence_length=int(params.get(names.MAX_SEQUENCE_LENGTH) or rp.DEFAULT_MAX_LENGTH),
             buckets=tuple(int(b) for b in buckets.split(",")) if buckets else None,
             max_bytes=int(max_bytes) if max_bytes else None,
+            max_in_flight=int(in_flight) if in_flight else None,
         )
 
     def padded(self, length: int) -> int:

@@ -39,6 +39,7 @@ MAX_TOKENS_PER_REQUEST = "max_tokens_per_request"  # padded tokens per Triton re
 MAX_SEQUENCE_LENGTH = "max_sequence_length"  # tokens per pair, BOS included
 MAX_BYTES_PER_REQUEST = "max_bytes_per_request"  # text bytes per Triton request, every row's query and passage
 LENGTH_BUCKETS = "length_buckets"  # lengths the tokenizer pads rows to
+MAX_PASSAGES_IN_FLIGHT = "max_passages_in_flight"  # admission budget: passages the engine can have in hand
 
 # Limits of the REST gateway (it splits a request over several Triton requests).
 MAX_PASSAGES_PER_REQUEST = "max_passages_per_request"  # passages per REST request

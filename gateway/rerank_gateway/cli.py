@@ -37,6 +37,11 @@ def build_parser(env: GatewaySettings) -> argparse.ArgumentParser:
                    help=f"Triton requests in flight per REST request (default {env.triton_concurrency})")
     p.add_argument("--rows-per-request", type=int,
                    help=f"passages per Triton request (default {env.rows_per_request})")
+    p.add_argument("--admission-passages", type=int,
+                   help="passages in flight before a fast 503 with Retry-After, for the whole gateway "
+                        "(default: the ensemble's max_passages_in_flight)")
+    p.add_argument("--no-admission", dest="admission", action="store_const", const=False,
+                   help="no admission budget: overload only lengthens the queue")
     p.add_argument("--api-key", action="append", dest="api_keys",
                    help="accept this Bearer key (repeatable); none: auth off")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allowed CORS origin (repeatable)")

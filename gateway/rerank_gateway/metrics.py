@@ -23,6 +23,9 @@ LATENCY = Histogram("rerank_gateway_request_duration_seconds", "Time from reques
 PASSAGES = Counter("rerank_gateway_passages_total", "Passages scored, by route", ["route"])
 TOKENS = Counter("rerank_gateway_tokens_total", "Tokens scored (BOS and template included), by route", ["route"])
 ERRORS = Counter("rerank_gateway_errors_total", "Error answers, by kind (the error body's type)", ["kind"])
+PASSAGES_IN_FLIGHT = Gauge("rerank_gateway_passages_in_flight", "Passages admitted and not yet answered",
+                           multiprocess_mode="livesum")
+REJECTED = Counter("rerank_gateway_admission_rejected_total", "Requests answered 503 at once: over the admission budget")
 IN_FLIGHT = Gauge("rerank_gateway_requests_in_flight", "REST requests being answered", multiprocess_mode="livesum")
 
 

@@ -16,8 +16,13 @@ from rerank_contract import names
 from rerank_contract.names import triton_model_name
 
 from . import metrics
+from .admission import Admission, Overloaded
 from .errors import ApiError
 from .settings import GatewaySettings
+
+
+#: Budget when neither the settings nor the ensemble give one (a server that publishes none).
+DEFAULT_ADMISSION = 256
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Scorer:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._client: AsyncRerankClient | None = None
+        self._admission: Admission | None = None
         # Names are matched as NIM names its Triton models: case and punctuation do not matter, so
         # the hosted route's "llama-3_2-..." path and LiteLLM's rewritten body names match too.
         self._accepted = {triton_model_name(n) for n in settings.model_names} | {triton_model_name(settings.ensemble)}
@@ -59,6 +65,25 @@ class Scorer:
     async def limits(self) -> ServerLimits:
         return await self.client.limits()
 
+    async def admission(self) -> Admission | None:
+        """This worker's share of the budget: the setting, else what the ensemble publishes."""
+        if not self.settings.admission:
+            return None
+        if self._admission is None:
+            budget = self.settings.admission_passages or (await self.limits()).max_in_flight or DEFAULT_ADMISSION
+            self._admission = Admission(max(1, budget // self.settings.workers))
+        return self._admission
+
+    @staticmethod
+    def _admit(admission: Admission, passages: int) -> int:
+        try:
+            return admission.acquire(passages)
+        except Overloaded as exc:
+            metrics.REJECTED.inc()
+            raise ApiError(503, f"Overloaded: {exc.in_flight} passages are in flight here, the budget is "
+                                f"{exc.budget} ({names.MAX_PASSAGES_IN_FLIGHT}); retry after {exc.retry_after_s} s",
+                           headers={"Retry-After": str(exc.retry_after_s)}) from None
+
     def check_model(self, model: str | None) -> None:
         """``None`` means the served model; any other model is a 404 that says what is served."""
         if model is None or triton_model_name(model) in self._accepted:
@@ -77,7 +102,15 @@ class Scorer:
             raise ApiError(413, f"Request has {len(passages)} passages, more than the limit of "
                                 f"{self.settings.max_passages} per request ({names.MAX_PASSAGES_PER_REQUEST}); "
                                 "split it into several requests")
-        results = await self.client.rerank(query, passages, truncate=truncate)
+        admission = await self.admission()
+        charge = self._admit(admission, len(passages)) if admission else 0
+        metrics.PASSAGES_IN_FLIGHT.inc(len(passages))
+        try:
+            results = await self.client.rerank(query, passages, truncate=truncate)
+        finally:
+            metrics.PASSAGES_IN_FLIGHT.dec(len(passages))
+            if admission:
+                admission.release(charge, len(passages))
         if any(not math.isfinite(r.logit) for r in results):  # never let a bare NaN into a JSON body
             raise ApiError(500, "The engine returned a non-finite score")
         tokens = sum(r.token_count for r in results)

@@ -49,6 +49,8 @@ class GatewaySettings:
     ride_through_s: float = 30.0  # how long a request retries while Triton is unavailable (a restart)
     triton_concurrency: int = 4  # Triton requests in flight for one REST request
     rows_per_request: int = 128  # passages per Triton request (the ensemble's limits also apply)
+    admission: bool = True  # a budget of passages in flight; past it, 503 with Retry-After at once
+    admission_passages: int = 0  # the budget for the whole gateway (0: the ensemble's max_passages_in_flight)
     api_keys: tuple[str, ...] = ()  # empty: auth off, any Authorization header is accepted
     cors_origins: tuple[str, ...] = ()  # empty: CORS off
     log_level: str = "info"
@@ -58,6 +60,8 @@ class GatewaySettings:
         problems = [f"{name} must be at least 1, got {getattr(self, name)}"
                     for name in ("port", "workers", "max_passages", "max_body_bytes", "triton_concurrency",
                                  "rows_per_request") if getattr(self, name) < 1]
+        if self.admission_passages < 0:
+            problems.append(f"admission_passages must not be negative, got {self.admission_passages}")
         if self.timeout_s <= 0 or self.ride_through_s < 0:
             problems.append(f"timeout_s must be positive and ride_through_s not negative, got {self.timeout_s} "
                             f"and {self.ride_through_s}")
