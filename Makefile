@@ -34,7 +34,7 @@ LOCUST_ARGS ?=
 # make bench: QUICK=1 for the CI mode (tiny preset, few requests, no vLLM)
 QUICK ?=
 
-.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest bench gateway-overhead clean
+.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest soak overload bench gateway-overhead clean
 
 setup: $(STAMP)
 
@@ -85,6 +85,15 @@ bench: setup
 	$(BIN)/python -m loadtests.bench $(if $(QUICK),--quick)
 
 # The REST gateway's cost over gRPC (raw and client library): latency, pairs/s at 8 clients, CPU.
+# Locust at saturation (REST gateway + gRPC) for DURATION, RSS of every server process every 10 s;
+# report with a memory plot under build/reports/soak-<time>/. make soak DURATION=10m
+soak: repository
+	$(BIN)/python -m loadtests.soak --duration $(DURATION) --repository $(REPOSITORY)
+
+# Open-loop load at 2x and 5x the sustainable rate, with and without the gateway's admission budget.
+overload: repository
+	$(BIN)/python -m loadtests.overload --repository $(REPOSITORY) --label $(if $(MODEL),$(notdir $(MODEL)),small)
+
 gateway-overhead: repository
 	$(BIN)/python -m loadtests.gateway_overhead --repository $(REPOSITORY) --label $(if $(MODEL),$(notdir $(MODEL)),small)
 

@@ -25,6 +25,7 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
+import gevent  # noqa: E402
 from geventhttpclient import URL, HTTPClient  # noqa: E402
 from locust import User, between, constant, constant_throughput, events, task  # noqa: E402
 
@@ -132,20 +133,31 @@ class RestGatewayUser(_WorkloadUser):
                            "truncate": self.truncate}).encode()
         started = time.perf_counter()
         exception = None
+        retry_after = 0.0
         try:
             response = self.http.post("/v1/ranking", body=body, headers={"Content-Type": "application/json"})
             answer = json.loads(response.read())
             if response.status_code != 200:
                 exception = rest_error(response.status_code, answer.get("message", ""))
+                retry_after = float(response.get("retry-after") or 0) if response.status_code == 503 else 0.0
             elif len(answer["rankings"]) != request.pairs:
                 exception = RerankError(f"wrong answer: {len(answer['rankings'])} rankings for {request.pairs} passages")
         except Exception as exc:  # noqa: BLE001 - reported to Locust
             exception = exc
         self.report("rest-gateway", started, request.pairs, exception)
+        if retry_after:  # the gateway's admission control asked this user to come back later
+            gevent.sleep(retry_after)
+
+
+class AdmissionRejected(ServerUnavailableError):
+    """The gateway's admission budget was full (503 "Overloaded: ..."): a kind of its own, because at
+    saturation it is the designed answer, unlike Triton being unavailable."""
 
 
 def rest_error(status: int, message: str) -> RerankError:
     """A gateway error answer as the client library's typed error, so that failures group by the same kinds."""
+    if status == 503 and message.startswith("Overloaded:"):
+        return AdmissionRejected(message, str(status))
     if status in (400, 413):
         cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
     else:

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from loadtests import bench, gateway_overhead, run_loadtest
+from loadtests import bench, gateway_overhead, overload, run_loadtest, soak
 from loadtests.workload import Workload, WorkloadSpec
 
 pytestmark = pytest.mark.server
@@ -80,3 +80,32 @@ def test_gateway_overhead_quick_run(tiny_repository, tmp_path):
                 "| tiny | 1 x 200, 8 clients |"):
         assert row in report, row
     assert "of a core" in report
+
+
+def test_soak_growth_compares_floors():
+    assert soak.growth([100, 130, 100, 100, 140, 101]).ratio == pytest.approx(0.0), "peaks are not growth"
+    assert soak.growth([100, 100, 100, 110, 110, 112]).ratio == pytest.approx(0.10), "a rising floor is"
+    assert soak.growth([100, 100, 100]) is None, "too few samples to tell"
+
+
+@pytest.mark.slow
+def test_soak_two_minutes(tiny_repository, tmp_path):
+    """The CI version of `make soak DURATION=10m`: real Locust at saturation, RSS sampled, pass criteria."""
+    code = soak.main(["--duration", "2m", "--repository", str(tiny_repository), "--reports", str(tmp_path),
+                      "--sample-s", "5"])
+    report = next(tmp_path.iterdir())
+    text = (report / "report.md").read_text()
+    print(text)
+    assert code == 0, text
+    assert "# Soak: PASS" in text and "unexpected failures: 0" in text
+    for row in ("| tritonserver |", "| stub engine_0_0 |", "| stub tokenizer_0_1 |", "| gateway |", "| **total** |"):
+        assert row in text, row
+    assert {"memory.png", "memory.csv", "locust_stats.csv"} <= {p.name for p in report.iterdir()}
+
+
+@pytest.mark.slow
+def test_overload_quick_run(tiny_repository, tmp_path):
+    assert overload.main(["--repository", str(tiny_repository), "--label", "tiny", "--factors", "3",
+                          "--phase-s", "3", "--capacity-s", "3", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "overload-tiny.md").read_text()
+    assert "| on | 3x |" in report and "| off | 3x |" in report and "Sustainable load" in report

@@ -22,6 +22,12 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_contract import prompt as rp
 
+# ONNX Runtime's CPU arena keeps the memory of the largest run it has seen: measured on the small
+# preset, 15 GB after a few 8k-token rows, for good. Runs wider than this give their arena chunks back
+# (memory.enable_memory_arena_shrinkage): 441 MB after the same runs, about as fast, since such runs
+# are long. Narrower runs keep the arena, which saves them 7-10 % (they repeat and are short).
+SHRINK_ARENA_WIDTH = 512
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -35,6 +41,8 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(
             os.path.join(here, params.get("onnx_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
         )
+        self.shrink = ort.RunOptions()
+        self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         self.max_tokens = int(params.get("max_tokens_per_run", "16384"))
         self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
         self.vocab_size = int(params.get("vocab_size", "128256"))
@@ -75,7 +83,7 @@ class TritonPythonModel:
             logits[rows] = self.session.run(["logits"], {
                 "input_ids": np.ascontiguousarray(input_ids[rows, -run_width:], dtype=np.int32),
                 "attention_mask": np.ascontiguousarray(mask[rows, -run_width:], dtype=np.int32),
-            })[0]
+            }, self.shrink if run_width > SHRINK_ARENA_WIDTH else None)[0]
         return logits
 
 

@@ -1,0 +1,190 @@
+"""Overload: what clients get at 2x and 5x the sustainable load, with and without admission control.
+
+Arrivals are open loop (Poisson at a fixed rate): real clients do not wait for each other's answers,
+so a closed-loop tool (Locust's users) would slow down with the server and hide the queue. First the
+sustainable load is measured closed loop (``--clients`` callers back to back); then each phase
+offers ``factor`` x that rate of NIM ``/v1/ranking`` requests for ``--phase-s`` seconds, once with the
+gateway's admission budget and once with ``--no-admission``, on the same stack build. Every request
+is waited for (up to the gateway's 60 s deadline, then 504).
+
+    python -m loadtests.overload --repository build/model_repository --label small
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+
+from rerank_build.stack import ServingStack
+from rerank_build.textgen import random_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: int  # HTTP status; 0: no answer (connection error or client timeout)
+    latency_s: float
+
+
+@dataclass
+class PhaseReport:
+    admission: bool
+    factor: float
+    offered_rps: float
+    requests: int
+    ok: int
+    rejected_503: int
+    other_failures: int
+    p50_all_s: float
+    p99_all_s: float
+    p50_ok_s: float
+    p99_ok_s: float
+    p99_rejected_s: float
+    goodput_pairs_s: float
+
+
+def body(passages: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    return {"query": {"text": random_text(rng, 10, ("en",))},
+            "passages": [{"text": random_text(rng, rng.randint(20, 60), ("en",))} for _ in range(passages)]}
+
+
+async def _post(session: aiohttp.ClientSession, url: str, payload: dict) -> Outcome:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, json=payload) as response:
+            await response.read()
+            return Outcome(response.status, time.perf_counter() - started)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return Outcome(0, time.perf_counter() - started)
+
+
+async def capacity(url: str, payloads: list[dict], clients: int, seconds: float) -> float:
+    """Requests per second that ``clients`` back-to-back callers get: the sustainable load."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def caller(i: int, session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        k = i
+        while time.perf_counter() < deadline:
+            if (await _post(session, url, payloads[k % len(payloads)])).status == 200:
+                done += 1
+            k += clients
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await asyncio.gather(*(caller(i, session) for i in range(clients)))
+    return done / (time.perf_counter() - started)
+
+
+async def open_loop(url: str, payloads: list[dict], rate: float, seconds: float, seed: int) -> tuple[list[Outcome], float]:
+    """Poisson arrivals at ``rate`` per second for ``seconds``; every answer is waited for."""
+    rng = random.Random(seed)
+    tasks = []
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=0)  # no client-side queue: the server sees every arrival
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        at = 0.0
+        while at < seconds:
+            delay = started + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_post(session, url, payloads[len(tasks) % len(payloads)])))
+            at += rng.expovariate(rate)
+        outcomes = list(await asyncio.gather(*tasks))
+    return outcomes, time.perf_counter() - started
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+
+
+def summarize(admission: bool, factor: float, rate: float, outcomes: list[Outcome], wall_s: float,
+              passages: int) -> PhaseReport:
+    ok = [o.latency_s for o in outcomes if o.status == 200]
+    rejected = [o.latency_s for o in outcomes if o.status == 503]
+    every = [o.latency_s for o in outcomes]
+    return PhaseReport(admission, factor, round(rate, 2), len(outcomes), len(ok), len(rejected),
+                       len(outcomes) - len(ok) - len(rejected), _quantile(every, 0.5), _quantile(every, 0.99),
+                       _quantile(ok, 0.5), _quantile(ok, 0.99), _quantile(rejected, 0.99),
+                       len(ok) * passages / wall_s)
+
+
+def table(reports: list[PhaseReport], capacity_rps: float, passages: int) -> str:
+    lines = [f"Sustainable load: {capacity_rps:.2f} requests/s of {passages} passages "
+             f"({capacity_rps * passages:.0f} pairs/s), measured closed loop.", "",
+             "| admission | load | offered req/s | requests | 200 | 503 (rejected share) | other failures | "
+             "p50 / p99 all | p50 / p99 of 200s | p99 of 503s | goodput pairs/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        share = r.rejected_503 / r.requests if r.requests else 0.0
+        lines.append(f"| {'on' if r.admission else 'off'} | {r.factor:g}x | {r.offered_rps:.2f} | {r.requests} | "
+                     f"{r.ok} | {r.rejected_503} ({share:.0%}) | {r.other_failures} | "
+                     f"{r.p50_all_s:.2f} / {r.p99_all_s:.2f} s | {r.p50_ok_s:.2f} / {r.p99_ok_s:.2f} s | "
+                     f"{r.p99_rejected_s * 1000:.0f} ms | {r.goodput_pairs_s:.0f} |")
+    return "\n".join(lines)
+
+
+def run(repository: Path, passages: int, factors: list[float], phase_s: float, clients: int,
+        capacity_s: float, log_dir: Path, seed: int = 0) -> tuple[float, list[PhaseReport]]:
+    payloads = [body(passages, seed + i) for i in range(32)]
+    reports: list[PhaseReport] = []
+    capacity_rps = 0.0
+    for admission in (True, False):
+        extra = [] if admission else ["--no-admission"]
+        with ServingStack(repository, log_dir=log_dir / ("admission" if admission else "no-admission"),
+                          gateway_args=["--no-access-log", *extra]) as stack:
+            url = stack.rest_url + "/v1/ranking"
+            asyncio.run(capacity(url, payloads, clients, 3.0))  # warm-up
+            if not capacity_rps:
+                capacity_rps = asyncio.run(capacity(url, payloads, clients, capacity_s))
+                logger.info("sustainable load: %.2f requests/s", capacity_rps)
+            for factor in factors:
+                rate = factor * capacity_rps
+                logger.info("admission %s, %gx: %.2f requests/s for %.0f s", admission, factor, rate, phase_s)
+                outcomes, wall = asyncio.run(open_loop(url, payloads, rate, phase_s, seed))
+                reports.append(summarize(admission, factor, rate, outcomes, wall, passages))
+                time.sleep(1.0)
+    return capacity_rps, reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path, default=Path("build/model_repository"))
+    p.add_argument("--label", default="small")
+    p.add_argument("--passages", type=int, default=10, help="passages per request")
+    p.add_argument("--factors", default="2,5", help="offered load as multiples of the sustainable load")
+    p.add_argument("--phase-s", type=float, default=30.0, help="seconds of arrivals per phase")
+    p.add_argument("--clients", type=int, default=4, help="closed-loop callers when measuring the sustainable load")
+    p.add_argument("--capacity-s", type=float, default=15.0)
+    p.add_argument("--out", type=Path, default=Path("build/reports/overload"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    capacity_rps, reports = run(args.repository, args.passages, [float(f) for f in args.factors.split(",")],
+                                args.phase_s, args.clients, args.capacity_s, args.out / "logs")
+    text = f"## Overload, {args.label}\n\n" + table(reports, capacity_rps, args.passages) + "\n"
+    (args.out / f"overload-{args.label}.md").write_text(text)
+    (args.out / f"overload-{args.label}.json").write_text(json.dumps(
+        {"capacity_rps": capacity_rps, "passages": args.passages, "phases": [asdict(r) for r in reports]}, indent=2))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
