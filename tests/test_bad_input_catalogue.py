@@ -128,11 +128,12 @@ def nim(query: str = Q, passages: list = [P], **extra) -> dict:  # noqa: B006
 
 INVALID = {"grpc": "INVALID_ARGUMENT", "http": "400"}
 OK = {"grpc": "OK", "http": "200"}
-NOT_FOUND = {"grpc": "NOT_FOUND", "http": "400"}
+NOT_FOUND = {"grpc": "NOT_FOUND", "http": "404"}
 
 # Triton inference requests: the same request over gRPC and KServe HTTP.
 TRITON_KINDS: list[tuple[str, Callable[..., Answer], dict[str, str], str]] = [
-    ("zero rows", triton({"query": texts([]).reshape(0, 1), "passage": texts([]).reshape(0, 1)}), INVALID, ""),
+    ("zero rows", triton({"query": texts([]).reshape(0, 1), "passage": texts([]).reshape(0, 1)}), INVALID,
+     "for inference input 'passage'"),
     ("rank-1 passage", triton({"query": texts([Q]), "passage": np.array([P.encode()], dtype=object)}), INVALID,
      "passage"),
     ("two columns", triton({"query": texts([Q, Q], rows=1), "passage": texts([P, P], rows=1)}), INVALID, "shape"),
@@ -158,17 +159,20 @@ TRITON_KINDS: list[tuple[str, Callable[..., Answer], dict[str, str], str]] = [
     ("1 MB passage, truncate NONE", pair(Q, [MB], truncate="NONE"), INVALID, "exceeds maximum allowed token size"),
     ("special-token text in a passage (scored as text)", pair(Q, [SPECIAL]), OK, ""),
     ("unknown truncate value", pair(truncate="MIDDLE"), INVALID, "truncate"),
-    ("truncate in lower case", pair(truncate="end"), INVALID, "truncate"),
+    ("truncate in lower case (accepted)", pair(truncate="end"), OK, ""),
     ("unknown request parameter (ignored, as Triton does)", pair(colour="blue"), OK, ""),
     ("unknown model", triton({"query": texts([Q]), "passage": texts([P])}, model="rerank-english-v3.0"), NOT_FOUND,
      "unknown model"),
     ("unknown model version", triton({"query": texts([Q]), "passage": texts([P])}, version="7"), NOT_FOUND,
      "unknown model"),
     ("rows over max_rows_per_request", pair(Q, [P] * 65), INVALID, "batch-size must be <= 64"),
+    ("rows over max_rows_per_request, tokenizer called directly",
+     triton({"query": texts([Q] * 65), "passage": texts([P] * 65)}, model="tokenizer"), INVALID,
+     "batch-size must be <= 64"),
     ("padded tokens over max_tokens_per_request", pair(Q, ["word " * 300] * 40), INVALID,
-     "more than the limit of 16384"),
+     "more than the limit of 16384 per request (max_tokens_per_request)"),
     ("text bytes over max_bytes_per_request", pair(Q, ["b" * 1_100_000, "c" * 1_000_000], truncate="END"), INVALID,
-     "max_bytes_per_request"),
+     "more than the limit of 2000000 bytes per request (max_bytes_per_request)"),
     ("engine: id past the vocabulary", engine([[128000, 999999]]), INVALID, "input_ids must lie in [0, 128256)"),
     ("engine: negative id", engine([[-7, 128000]]), INVALID, "got values from -7"),
     ("engine: mask narrower than the ids", engine([[128000, 5, 6]], [[1, 1]]), INVALID, "of the same shape"),
@@ -176,37 +180,40 @@ TRITON_KINDS: list[tuple[str, Callable[..., Answer], dict[str, str], str]] = [
     ("engine: all-zero mask", engine([[128000, 5]], [[0, 0]]), INVALID, "all-zero attention_mask"),
     ("engine: width past the longest bucket", engine(np.full((1, 9216), 5)), INVALID,
      "width 9216 exceeds the longest sequence"),
-    ("engine: INT64 ids", triton({"input_ids": np.array([[128000, 5]], dtype=np.int64),
-                                  "attention_mask": np.array([[1, 1]], dtype=np.int64)}, model="engine"), INVALID,
-     "data-type is 'INT64'"),
+    ("engine: FP32 ids", triton({"input_ids": np.array([[128000, 5]], dtype=np.float32),
+                                 "attention_mask": np.array([[1, 1]], dtype=np.int32)}, model="engine"), INVALID,
+     "data-type is 'FP32'"),
 ]
 
 # Bodies that Triton's KServe HTTP frontend parses itself, before any model runs.
 HTTP_BODY = {"inputs": [{"name": "query", "shape": [1, 1], "datatype": "BYTES", "data": [Q]},
                         {"name": "passage", "shape": [1, 1], "datatype": "BYTES", "data": [P]}]}
 KSERVE_KINDS: list[tuple[str, Callable[..., Answer], str, str, bool]] = [
-    ("malformed JSON", kserve_raw(b'{"inputs": ['), "400", "", False),
-    ("a JSON array as the body", kserve_raw(b"[]"), "400", "", False),
+    ("malformed JSON", kserve_raw(b'{"inputs": ['), "500", "failed to parse the request JSON buffer", True),
+    ("a JSON array as the body", kserve_raw(b"[]"), "500", "Unable to parse 'inputs'", True),
     ("input without datatype", kserve_raw(json.dumps({"inputs": [{**HTTP_BODY["inputs"][0], "datatype": None}]})
-                                          .replace(', "datatype": null', "").encode()), "400", "", False),
-    ("parameters as a list", kserve_raw(json.dumps({**HTTP_BODY, "parameters": ["truncate"]}).encode()), "400", "",
-     False),
-    ("lone surrogate in a text", kserve_raw(json.dumps(HTTP_BODY).replace(P, "\\ud800").encode()), "400", "", False),
+                                          .replace(', "datatype": null', "").encode()), "500",
+     "Unable to parse 'datatype'", True),
+    ("parameters as a list", kserve_raw(json.dumps({**HTTP_BODY, "parameters": ["truncate"]}).encode()), "500",
+     "failed to get request params", True),
+    ("lone surrogate in a text", kserve_raw(json.dumps(HTTP_BODY).replace(P, "\\ud800").encode()), "500",
+     "surrogate pair in string is invalid", True),
     ("binary header length past the body",
-     kserve_raw(json.dumps(HTTP_BODY).encode(), {"Inference-Header-Content-Length": "100000"}), "400", "", False),
+     kserve_raw(json.dumps(HTTP_BODY).encode(), {"Inference-Header-Content-Length": "100000"}), "400",
+     "inference header size should be in range", False),
     ("shape that disagrees with the data",
      kserve_raw(json.dumps({"inputs": [{**HTTP_BODY["inputs"][0], "shape": [2, 1]}, HTTP_BODY["inputs"][1]]})
-                .encode()), "400", "", False),
+                .encode()), "400", "batch size does not match other inputs", False),
     ("64 MB body", kserve_raw(json.dumps({"inputs": [HTTP_BODY["inputs"][0], {**HTTP_BODY["inputs"][1],
                                                                             "data": ["x" * (64 << 20)]}]}).encode()),
-     "400", "max_bytes_per_request", False),
+     "400", "more than the limit of 2000000 bytes per request (max_bytes_per_request)", False),
 ]
 
 REST_KINDS: list[tuple[str, Callable[..., Answer], str, str]] = [
     ("malformed JSON", rest(data=b'{"query": {"text": "q"}, "passages": ['), "400", "not valid JSON"),
     ("a JSON array as the body", rest([1, 2]), "400", "must be a JSON object"),
     ("lone surrogate in a text", rest(data=b'{"query": {"text": "\\ud800"}, "passages": [{"text": "a"}]}'), "400",
-     ""),
+     "query is not valid Unicode text (unpaired surrogate"),
     ("wrong Content-Type", rest(nim(), headers={"Content-Type": "text/plain"}), "415", "Content-Type"),
     ("64 MB body", rest(data=json.dumps(nim(passages=["x" * (64 << 20)])).encode()), "413", "max_body_bytes"),
     ("missing query", rest({"passages": [{"text": P}]}), "400", "query: field required"),

@@ -72,3 +72,58 @@ def test_triton_image_restricts_the_admin_apis_like_rerank_build_serve():
     restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}="
     assert restricted in text and "--http-restricted-api=" in text and "--grpc-restricted-protocol=" in text
     assert "--model-control-mode=none" in text
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_serving_image_supervisor_stops_triton_when_a_stub_dies(tiny_repository, tmp_path):
+    """docker/triton_supervise.py (the serving image's main process) with the real tritonserver: it
+    waits for readiness, then a kill -9 of the engine's stub makes it stop the server and exit 1, so
+    the container's restart policy starts a fresh one. SIGTERM stops it cleanly otherwise."""
+    import signal
+    import time
+
+    from rerank_build.server import free_ports, server_command, server_env
+    from rerank_build.server import Ports
+    from rerank_build.stubs import SHM_DIR, alive, python_stubs
+
+    def start():
+        http, grpc, metrics = free_ports(3)
+        cmd = server_command(tiny_repository, Ports(http, grpc, metrics))
+        log = open(tmp_path / f"supervise-{http}.log", "wb")
+        return subprocess.Popen([sys.executable, str(ROOT / "docker" / "triton_supervise.py"), "--", *cmd],
+                                env=server_env(), stdout=log, stderr=subprocess.STDOUT), tmp_path / f"supervise-{http}.log"
+
+    def child_server(proc) -> int:
+        import psutil
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            children = psutil.Process(proc.pid).children()
+            if children and len(python_stubs(children[0].pid)) >= 4 and "watching" in log.read_text():
+                return children[0].pid
+            time.sleep(0.5)
+        raise AssertionError(log.read_text()[-3000:])
+
+    proc, log = start()
+    try:
+        triton = child_server(proc)
+        stubs = python_stubs(triton)
+        engine = next(s for s in stubs if s.name.startswith("engine"))
+        os.kill(engine.pid, signal.SIGKILL)
+        assert proc.wait(30) == 1, log.read_text()[-3000:]
+        assert not alive(triton), "tritonserver is stopped with its dead stub"
+        assert "died" in log.read_text() and "stopping it" in log.read_text()
+        assert not any((SHM_DIR / s.shm_region).exists() for s in stubs if s.shm_region), "no shm left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc, log = start()
+    try:
+        child_server(proc)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        assert code in (0, 143), (code, log.read_text()[-1500:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -248,19 +248,21 @@ def encode_request(
     if size > limits.max_bytes:
         raise RequestTooLargeError(
             f"request carries {size} bytes of text (the query on every row, and the passages), more than the "
-            f"limit of {limits.max_bytes} bytes per request; send fewer or shorter passages per request"
+            f"limit of {limits.max_bytes} bytes per request (max_bytes_per_request); send fewer or shorter "
+            "passages per request"
         )
     query = single_query(queries)
     if len(passages) > limits.max_rows:
         raise RequestTooLargeError(
-            f"request has {len(passages)} passages, more than the limit of {limits.max_rows} per request"
+            f"request has {len(passages)} passages, more than the limit of {limits.max_rows} per request "
+            "(max_rows_per_request)"
         )
     rows = encoder.encode(query, passages, truncate)
     width = choose_bucket(max(len(r) for r in rows), limits.buckets)
     if len(rows) * width > limits.max_tokens:
         raise RequestTooLargeError(
             f"request needs {len(rows)} x {width} = {len(rows) * width} padded tokens, more than the limit of "
-            f"{limits.max_tokens} per request; send fewer or shorter passages per request"
+            f"{limits.max_tokens} per request (max_tokens_per_request); send fewer or shorter passages per request"
         )
     return left_pad(rows, pad_id=pad_id, length=width)
 
