@@ -39,7 +39,7 @@ def test_validation_errors_read_like_nims():
               {"type": "missing", "loc": ("body", "query")},
               {"type": "string_type", "loc": ("body", "passages", 0, "text"), "msg": "Input should be a valid string"}]
     assert describe_validation_errors(errors, RankingRequest) == [
-        "top_k: unknown field, expected one of model, query, passages, truncate",
+        "top_k: unknown field, expected one of model, query, passages, truncate, chunk_overlap",
         "title: unknown field, expected one of text",
         "query: field required",
         "passages[0].text: Input should be a valid string",

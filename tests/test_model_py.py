@@ -129,10 +129,27 @@ def test_postprocess_sorts_and_aligns(tiny_repository):
     post = load_model(tiny_repository, "postprocess")
     logits = np.array([[0.5], [2.0], [0.5], [-1.0]], dtype=np.float32)
     counts = np.array([[10], [20], [30], [40]], dtype=np.int32)
-    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts})])[0].output_tensors
+    owners = np.arange(4, dtype=np.int32).reshape(-1, 1)
+    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts,
+                                             "PASSAGE_INDEX": owners})])[0].output_tensors
     assert out["INDEX"].tolist() == [[1], [0], [2], [3]]
     assert out["LOGIT"].dtype == np.float32 and out["LOGIT"][:, 0].tolist() == [2.0, 0.5, 0.5, -1.0]
     assert out["TOKEN_COUNT"].tolist() == [[20], [10], [30], [40]]
+    assert out["CHUNKS"].tolist() == [[1]] * 4
+
+
+def test_postprocess_takes_the_best_window_of_each_passage(tiny_repository):
+    """Rows are windows: passage 0 has three, passage 1 one, passage 2 two."""
+    post = load_model(tiny_repository, "postprocess")
+    logits = np.array([[0.1], [3.0], [-2.0], [1.0], [0.5], [2.5]], dtype=np.float32)
+    counts = np.array([[64], [64], [20], [30], [64], [40]], dtype=np.int32)
+    owners = np.array([[0], [0], [0], [1], [2], [2]], dtype=np.int32)
+    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts,
+                                             "PASSAGE_INDEX": owners})])[0].output_tensors
+    assert out["INDEX"].tolist() == [[0], [2], [1]]
+    assert out["LOGIT"][:, 0].tolist() == [3.0, 2.5, 1.0]
+    assert out["TOKEN_COUNT"].tolist() == [[148], [104], [30]]
+    assert out["CHUNKS"].tolist() == [[3], [2], [1]]
 
 
 def _engine_request(ids, mask=None):

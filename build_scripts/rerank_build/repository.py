@@ -97,13 +97,19 @@ class RepositorySettings:
         if any(b < 1 or b > self.engine_max_batch_size for b in self.preferred_batch_sizes):
             problems.append(f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must lie in "
                             f"1..engine_max_batch_size ({self.engine_max_batch_size})")
-        if self.buckets and self.max_request_tokens < self.buckets[-1]:
+        if self.buckets and self.max_request_tokens < self.served_buckets[-1]:
             problems.append(f"max_request_tokens ({self.max_request_tokens}) cannot hold one pair of the longest "
-                            f"bucket ({self.buckets[-1]})")
+                            f"bucket ({self.served_buckets[-1]})")
         if not self.gpus or any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
             problems.append(f"gpus must be distinct device ids, got {list(self.gpus)}")
         if problems:
             raise RepositoryError("; ".join(problems))
+
+    @property
+    def served_buckets(self) -> tuple[int, ...]:
+        """The buckets below ``max_sequence_length``, then that length: no row is ever longer, so a
+        small ``--max-sequence-length`` (64 for tests of CHUNK's windows) also bounds the engine's width."""
+        return tuple(b for b in self.buckets if b < self.max_sequence_length) + (self.max_sequence_length,)
 
     @property
     def engine_instance_count(self) -> int:
@@ -121,9 +127,9 @@ class RepositorySettings:
     def template_values(self, num_profiles: int = 1) -> dict[str, str]:
         """The ``${name}`` substitutions (``num_profiles``: the GPU engine's optimization profiles)."""
         values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
-        values["buckets"] = ",".join(map(str, self.buckets))
+        values["buckets"] = ",".join(map(str, self.served_buckets))
         values["admission_passages"] = str(self.admission_budget)
-        values["max_width"] = str(self.buckets[-1])
+        values["max_width"] = str(self.served_buckets[-1])
         values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
         values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, tuple(range(num_profiles)))
         # A max_queue_size turns off Triton's payload prefetching: measured on Triton 2.51, a request

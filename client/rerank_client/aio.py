@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
 from .errors import DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
-from .tensors import RawResult, build_inputs, build_outputs, parse_result, request_parameters
+from .tensors import RawResult, build_inputs, build_outputs, parse_result, Truncation
 
 
 class AsyncRerankClient(ClientBase):
@@ -93,14 +93,15 @@ class AsyncRerankClient(ClientBase):
 
     async def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None,
                      truncate: str | None = None, return_text: bool = False,
-                     timeout_s: float | None = None) -> list[RerankResult]:
-        """Results sorted by logit (best first); ``index`` refers to ``passages``."""
+                     timeout_s: float | None = None, chunk_overlap: int | None = None) -> list[RerankResult]:
+        """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
+        or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared)."""
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
-            self._plan(query, passages, top_n, truncate, ServerLimits())
+            self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
         budget = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + budget
-        mode, chunks = self._plan(query, passages, top_n, truncate, await self.limits())
+        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, await self.limits())
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:
@@ -118,7 +119,7 @@ class AsyncRerankClient(ClientBase):
         pairs = [pair for part in parts for pair in part]
         return merge([c for c, _ in pairs], [r for _, r in pairs], passages, top_n, return_text)
 
-    async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: str,
+    async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
                           deadline: float) -> list[tuple[list[int], RawResult]]:
         texts = [passages[i] for i in chunk]
         try:
@@ -131,15 +132,15 @@ class AsyncRerankClient(ClientBase):
             raise
         return [(chunk, result)]
 
-    async def _infer(self, client: Any, query: str, texts: list[str], truncate: str, timeout_s: float) -> RawResult:
+    async def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
         module = self.settings.module
-        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": request_parameters(truncate)}
+        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = await asyncio.wait_for(
-            client.infer(self.settings.model, build_inputs(module, query, texts), outputs=build_outputs(module),
+            client.infer(self.settings.model, build_inputs(module, query, texts), outputs=build_outputs(module, truncate.chunked),
                          **kwargs), timeout=timeout_s)
-        return parse_result(result)
+        return parse_result(result, truncate.chunked)
 
     async def _with_retry(self, call, deadline: float):
         attempt = 0

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--passage", action="append", default=[], help="a passage (repeatable)")
     parser.add_argument("--passages-file", help="JSONL with a 'text' field, or one passage per line ('-': stdin)")
     parser.add_argument("--top-n", type=int)
-    parser.add_argument("--truncate", choices=["NONE", "END"], default="NONE")
+    parser.add_argument("--truncate", choices=["NONE", "END", "CHUNK"], default="NONE",
+                        help="CHUNK: score every window of a long passage, keep the best (our extension)")
+    parser.add_argument("--chunk-overlap", type=int, help="with CHUNK: tokens shared by consecutive windows")
     parser.add_argument("--format", choices=["nim", "cohere"], default="nim")
     parser.add_argument("--return-text", action="store_true", help="include each passage's text")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole call")
@@ -74,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RerankClient(args.url, args.protocol, model=args.model, timeout_s=args.timeout, headers=headers) as client:
             results = client.rerank(args.query, passages, top_n=args.top_n, truncate=args.truncate,
-                                    return_text=args.return_text)
+                                    return_text=args.return_text, chunk_overlap=args.chunk_overlap)
     except RerankError as exc:
         print(f"rerank-client: {type(exc).__name__}: {exc.message}", file=sys.stderr)
         return 1
-    print(json.dumps(to_nim(results) if args.format == "nim" else to_cohere(results), ensure_ascii=False))
+    chunked = args.truncate == "CHUNK"
+    print(json.dumps(to_nim(results, chunks=chunked) if args.format == "nim" else to_cohere(results),
+                     ensure_ascii=False))
     return 0
 
 

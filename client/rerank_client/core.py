@@ -22,7 +22,7 @@ from rerank_contract import prompt as rp
 
 from .connection import ConnectionSettings
 from .errors import DeadlineExceededError, InvalidInputError, RerankError
-from .tensors import RawResult
+from .tensors import RawResult, Truncation
 
 #: Template + BOS overhead in tokens ("question:" ... " \n \n passage:").
 TEMPLATE_TOKENS = 8
@@ -80,18 +80,25 @@ class TokenEstimator:
 
 
 def plan_requests(lengths: Sequence[int], limits: ServerLimits, max_rows: int | None = None,
-                  truncate: str = "NONE", sizes: Sequence[int] | None = None) -> list[list[int]]:
+                  truncate: str = "NONE", sizes: Sequence[int] | None = None, overlap: int = 0,
+                  query_tokens: int = TEMPLATE_TOKENS) -> list[list[int]]:
     """Passage indices per request: one length bucket per request, within the row, token and byte limits.
 
     Rows are padded to the request's bucket, so mixing a long passage into a request of short ones
     would pad every row to the long one's bucket; grouping by bucket keeps padding minimal.
     ``sizes``: each row's text bytes (query and passage), kept under ``limits.max_bytes`` when given.
+    Under CHUNK a passage longer than the limit counts as the windows it will make (estimated from
+    ``query_tokens``, the query part of each window, and ``overlap``), each a full-length row.
     """
     rows_cap = max(1, min(limits.max_rows, max_rows or limits.max_rows))
-    cap = limits.max_sequence_length if truncate == rp.Truncate.END.value else None
+    longest = limits.max_sequence_length
+    cap = longest if truncate in (rp.Truncate.END.value, rp.Truncate.CHUNK.value) else None
     by_width: dict[int, list[int]] = {}
+    weight = [1] * len(lengths)
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         length = min(lengths[i], cap) if cap else lengths[i]
+        if truncate == rp.Truncate.CHUNK.value and lengths[i] > longest:
+            weight[i] = estimated_windows(lengths[i], longest, query_tokens, overlap)
         width = limits.padded(length) if limits.buckets else 1 << max(0, length - 1).bit_length()
         by_width.setdefault(width, []).append(i)
     chunks: list[list[int]] = []
@@ -99,28 +106,37 @@ def plan_requests(lengths: Sequence[int], limits: ServerLimits, max_rows: int | 
         per_request = rows_cap
         if limits.max_tokens is not None:
             per_request = max(1, min(rows_cap, limits.max_tokens // max(limits.padded(width), 1)))
-        chunks += [members[k:k + per_request] for k in range(0, len(members), per_request)]
+        chunks += _pack(members, weight, per_request)
     if sizes is not None and limits.max_bytes is not None:
-        chunks = [part for chunk in chunks for part in _split_by_bytes(chunk, sizes, limits.max_bytes)]
+        chunks = [part for chunk in chunks for part in _pack(chunk, sizes, limits.max_bytes)]
     return chunks
 
 
-def _split_by_bytes(chunk: list[int], sizes: Sequence[int], max_bytes: int) -> list[list[int]]:
-    """Consecutive parts of ``chunk`` whose rows carry at most ``max_bytes`` (a lone row may carry more:
-    the server refuses it with a message naming the limit)."""
-    parts: list[list[int]] = [[]]
+def estimated_windows(length: int, max_length: int, query_tokens: int, overlap: int) -> int:
+    """Windows CHUNK makes of a pair of ``length`` tokens (at least 1; the server's rule, estimated)."""
+    width = max_length - query_tokens
+    if length <= max_length or width <= overlap:
+        return 1
+    return 1 + math.ceil((length - query_tokens - width) / (width - overlap))
+
+
+def _pack(members: list[int], weight: Sequence[int], per_request: int) -> list[list[int]]:
+    """Consecutive groups of ``members`` whose weights (windows, bytes) sum to at most ``per_request``;
+    a heavier lone member travels alone, and the server refuses it with a message naming the limit."""
+    groups: list[list[int]] = [[]]
     total = 0
-    for i in chunk:
-        if parts[-1] and total + sizes[i] > max_bytes:
-            parts.append([])
+    for i in members:
+        if groups[-1] and total + weight[i] > per_request:
+            groups.append([])
             total = 0
-        parts[-1].append(i)
-        total += sizes[i]
-    return parts
+        groups[-1].append(i)
+        total += weight[i]
+    return [g for g in groups if g]
 
 
 def is_too_large(error: InvalidInputError) -> bool:
-    """The server's "more than the limit ... per request" refusal: worth splitting, not failing."""
+    """The server's "more than the limit ... per request" refusal (rows, CHUNK windows, padded tokens,
+    bytes): worth splitting, not failing."""
     return "per request" in error.message and any(unit in error.message for unit in ("padded tokens", "passages",
                                                                                        "bytes"))
 
@@ -172,6 +188,7 @@ class RerankResult:
     relevance_score: float
     token_count: int
     text: str | None = None
+    chunks: int = 1  # windows scored (truncate=CHUNK on a passage longer than the limit)
 
 
 def sigmoid32(logits: np.ndarray) -> np.ndarray:
@@ -188,17 +205,20 @@ def sigmoid32(logits: np.ndarray) -> np.ndarray:
 def merge(chunks: Sequence[Sequence[int]], results: Sequence[RawResult], passages: Sequence[str],
           top_n: int | None, return_text: bool) -> list[RerankResult]:
     """Per-request results (indices local to each request) -> one ranking over the caller's list."""
-    index = np.concatenate([np.asarray(chunk)[r.index] for chunk, r in zip(chunks, results)]) if results else \
-        np.empty(0, dtype=np.int64)
-    logit = np.concatenate([r.logit for r in results]) if results else np.empty(0, dtype=np.float32)
-    counts = np.concatenate([r.token_count for r in results]) if results else np.empty(0, dtype=np.int32)
+    def joined(values: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(values) if values else np.empty(0, dtype=dtype)
+
+    index = joined([np.asarray(chunk)[r.index] for chunk, r in zip(chunks, results)], np.int64)
+    logit = joined([r.logit for r in results], np.float32)
+    counts = joined([r.token_count for r in results], np.int32)
+    windows = joined([r.chunks if r.chunks is not None else np.ones_like(r.index) for r in results], np.int32)
     order = np.lexsort((index, -logit))  # the server's order: logit descending, ties lower index first
     if top_n is not None:
         order = order[:top_n]
     scores = sigmoid32(logit[order])
     return [
         RerankResult(int(index[o]), float(logit[o]), float(s), int(counts[o]),
-                     passages[int(index[o])] if return_text else None)
+                     passages[int(index[o])] if return_text else None, int(windows[o]))
         for o, s in zip(order, scores)
     ]
 
@@ -228,6 +248,7 @@ class ClientBase:
                  backoff_s: float = 0.1, max_backoff_s: float = 5.0, retry_window_s: float | None = None,
                  max_concurrency: int = 4,
                  max_rows_per_request: int | None = DEFAULT_ROWS_PER_REQUEST, truncate: str = "NONE",
+                 chunk_overlap: int | None = None,
                  tokenizer: str | None = None, ssl: bool = False, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -237,6 +258,7 @@ class ClientBase:
         self.max_concurrency = max(1, max_concurrency)
         self.max_rows_per_request = max_rows_per_request
         self.truncate = truncate
+        self.chunk_overlap = chunk_overlap
         self.estimator = TokenEstimator(tokenizer)
         self._limits: ServerLimits | None = None
         self._closed = False
@@ -246,13 +268,22 @@ class ClientBase:
         """Connection state of the concrete client (no connection is opened here)."""
 
     def _plan(self, query: str, passages: Sequence[str], top_n: int | None, truncate: str | None,
-              limits: ServerLimits) -> tuple[str, list[list[int]]]:
-        """Validate a call and split it into requests: (truncate mode, passage indices per request)."""
+              chunk_overlap: int | None, limits: ServerLimits) -> tuple[Truncation, list[list[int]]]:
+        """Validate a call and split it into requests: (truncation, passage indices per request)."""
         if self._closed:
             raise RerankError("client is closed")
         check_arguments(query, passages, top_n)
         mode = truncate or self.truncate
+        overlap = chunk_overlap if chunk_overlap is not None else self.chunk_overlap
+        try:
+            parsed = rp.parse_truncate(mode)
+            if parsed is rp.Truncate.CHUNK:
+                overlap = rp.parse_overlap(overlap, limits.max_sequence_length)
+        except rp.RerankInputError as exc:
+            raise InvalidInputError(str(exc), "client") from None
         passage_bytes = [len(p.encode("utf-8")) for p in passages]
         query_bytes = len(query.encode("utf-8"))
-        return mode, plan_requests(self.estimator.estimate(query, list(passages), passage_bytes), limits,
-                                   self.max_rows_per_request, mode, [query_bytes + n for n in passage_bytes])
+        plan = plan_requests(self.estimator.estimate(query, list(passages), passage_bytes), limits,
+                             self.max_rows_per_request, parsed.value, [query_bytes + n for n in passage_bytes],
+                             overlap=overlap or 0, query_tokens=self.estimator.estimate(query, ["x"])[0])
+        return Truncation(mode, overlap if parsed is rp.Truncate.CHUNK else None), plan

@@ -7,11 +7,14 @@ from typing import Any, Sequence
 from .core import RerankResult
 
 
-def to_nim(results: Sequence[RerankResult], usage: bool = True) -> dict[str, Any]:
-    """NIM ``/v1/ranking``: ``{"rankings": [{"index", "logit"}], "usage"}``, best first."""
+def to_nim(results: Sequence[RerankResult], usage: bool = True, chunks: bool = False) -> dict[str, Any]:
+    """NIM ``/v1/ranking``: ``{"rankings": [{"index", "logit"}], "usage"}``, best first (``chunks``: each
+    ranking also carries its windows, as the gateway answers ``truncate=CHUNK``)."""
     rankings = []
     for r in results:
         item: dict[str, Any] = {"index": r.index, "logit": r.logit}
+        if chunks:
+            item["chunks"] = r.chunks
         if r.text is not None:
             item["text"] = r.text
         rankings.append(item)

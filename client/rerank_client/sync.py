@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
 from .errors import DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
-from .tensors import RawResult, build_inputs, build_outputs, parse_result, request_parameters
+from .tensors import RawResult, build_inputs, build_outputs, parse_result, Truncation
 
 
 class RerankClient(ClientBase):
@@ -99,17 +99,19 @@ class RerankClient(ClientBase):
 
     # -- reranking -----------------------------------------------------------------------------
     def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None, truncate: str | None = None,
-               return_text: bool = False, timeout_s: float | None = None) -> list[RerankResult]:
-        """Results sorted by logit (best first); ``index`` refers to ``passages``."""
+               return_text: bool = False, timeout_s: float | None = None,
+               chunk_overlap: int | None = None) -> list[RerankResult]:
+        """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
+        or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared)."""
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
-            self._plan(query, passages, top_n, truncate, ServerLimits())
+            self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
-        mode, chunks = self._plan(query, passages, top_n, truncate, self.limits)
+        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, self.limits)
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.settings.timeout_s)
         results = self._send_all(query, passages, chunks, mode, deadline)
         return merge([c for c, _ in results], [r for _, r in results], passages, top_n, return_text)
 
-    def _send_all(self, query: str, passages: Sequence[str], chunks: list[list[int]], truncate: str,
+    def _send_all(self, query: str, passages: Sequence[str], chunks: list[list[int]], truncate: Truncation,
                   deadline: float) -> list[tuple[list[int], RawResult]]:
         if len(chunks) == 1:
             return self._send_chunk(query, passages, chunks[0], truncate, deadline)
@@ -128,7 +130,7 @@ class RerankClient(ClientBase):
             raise DeadlineExceededError(f"{len(pending)} of {len(chunks)} requests unanswered at the deadline")
         return [pair for future in futures for pair in future.result()]
 
-    def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: str,
+    def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
                     deadline: float) -> list[tuple[list[int], RawResult]]:
         """One request; a request the server finds too large is split in half and sent again."""
         texts = [passages[i] for i in chunk]
@@ -142,14 +144,14 @@ class RerankClient(ClientBase):
             raise
         return [(chunk, result)]
 
-    def _infer(self, client: Any, query: str, texts: list[str], truncate: str, timeout_s: float) -> RawResult:
+    def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
         module = self.settings.module
-        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": request_parameters(truncate)}
+        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = client.infer(self.settings.model, build_inputs(module, query, texts),
-                              outputs=build_outputs(module), **kwargs)
-        return parse_result(result)
+                              outputs=build_outputs(module, truncate.chunked), **kwargs)
+        return parse_result(result, truncate.chunked)
 
     def _with_retry(self, call, deadline: float):
         attempt = 0

@@ -2,7 +2,9 @@
 
 Inputs ``query`` and ``passage`` [N, 1] BYTES (the query repeated on every row), request parameter
 ``truncate``; outputs ``index`` INT32, ``logit`` FP32 and ``token_count`` INT32, each [N, 1], sorted
-by logit descending. Everything else in the client builds on these few functions.
+by logit descending. With ``truncate=CHUNK`` (our extension) the request may carry ``chunk_overlap``
+and asks for ``chunks`` too (NIM servers have no such output, so it is asked for only then).
+Everything else in the client builds on these few functions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,27 @@ class RawResult:
     index: np.ndarray  # int32 [N], positions in the request
     logit: np.ndarray  # float32 [N]
     token_count: np.ndarray  # int32 [N]
+    chunks: np.ndarray | None = None  # int32 [N], windows scored per passage (asked for under CHUNK)
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What a request asks of truncation: NIM's ``truncate`` and, under CHUNK, ``chunk_overlap``."""
+
+    mode: str | None = None
+    chunk_overlap: int | None = None
+
+    @property
+    def chunked(self) -> bool:
+        return (self.mode or "").strip().upper() == "CHUNK"
+
+    def parameters(self) -> dict[str, Any] | None:
+        params: dict[str, Any] = {}
+        if self.mode is not None:
+            params[names.TRUNCATE_PARAMETER] = self.mode
+        if self.chunked and self.chunk_overlap is not None:
+            params[names.CHUNK_OVERLAP_PARAMETER] = int(self.chunk_overlap)
+        return params or None
 
 
 def protocol_module(protocol: str) -> Any:
@@ -53,27 +76,30 @@ def build_inputs(module: Any, query: "str | bytes", passages: Sequence["str | by
     return inputs
 
 
-def build_outputs(module: Any) -> list:
-    return [module.InferRequestedOutput(name) for name in OUTPUTS]
+def build_outputs(module: Any, chunked: bool = False) -> list:
+    return [module.InferRequestedOutput(name) for name in OUTPUTS + ((names.CHUNKS,) if chunked else ())]
 
 
-def request_parameters(truncate: str | None) -> dict[str, str] | None:
-    return {names.TRUNCATE_PARAMETER: truncate} if truncate is not None else None
+def request_parameters(truncate: str | None, chunk_overlap: int | None = None) -> dict[str, Any] | None:
+    return Truncation(truncate, chunk_overlap).parameters()
 
 
-def parse_result(result: Any) -> RawResult:
+def parse_result(result: Any, chunked: bool = False) -> RawResult:
     """A tritonclient InferResult (either protocol) as flat numpy arrays."""
     index, logit, count = (result.as_numpy(name) for name in OUTPUTS)
+    chunks = result.as_numpy(names.CHUNKS) if chunked else None
     return RawResult(index.reshape(-1).astype(np.int32), logit.reshape(-1).astype(np.float32),
-                     count.reshape(-1).astype(np.int32))
+                     count.reshape(-1).astype(np.int32),
+                     None if chunks is None else chunks.reshape(-1).astype(np.int32))
 
 
 def infer_once(url: str, protocol: str, model_name: str, query: "str | bytes",
                passages: Sequence["str | bytes"], truncate: str | None = None,
-               timeout_s: float | None = None) -> RawResult:
+               timeout_s: float | None = None, chunk_overlap: int | None = None) -> RawResult:
     """One request on a fresh connection: for tools and tests, not for hot paths."""
     module = protocol_module(protocol)
-    kwargs: dict[str, Any] = {"parameters": request_parameters(truncate)}
+    truncation = Truncation(truncate, chunk_overlap)
+    kwargs: dict[str, Any] = {"parameters": truncation.parameters()}
     if protocol == "http":
         client = module.InferenceServerClient(url, connection_timeout=timeout_s or 60.0,
                                               network_timeout=timeout_s or 60.0)
@@ -82,7 +108,7 @@ def infer_once(url: str, protocol: str, model_name: str, query: "str | bytes",
         kwargs["client_timeout"] = timeout_s
     try:
         result = client.infer(model_name, build_inputs(module, query, passages),
-                              outputs=build_outputs(module), **kwargs)
-        return parse_result(result)
+                              outputs=build_outputs(module, truncation.chunked), **kwargs)
+        return parse_result(result, truncation.chunked)
     finally:
         client.close()

@@ -26,12 +26,16 @@ QUERY = "query"  # BYTES, the same query on every row
 PASSAGE = "passage"  # BYTES
 INDEX = "index"  # INT32, positions in the request, best first
 LOGIT = "logit"  # FP32, raw model logits, descending
-TOKEN_COUNT = "token_count"  # INT32, tokens scored per pair (BOS included)
+TOKEN_COUNT = "token_count"  # INT32, tokens scored per pair (BOS included; every window under CHUNK)
+CHUNKS = "chunks"  # INT32, windows scored per pair (1 unless truncate=CHUNK split it); our extension
 INPUTS: tuple[str, ...] = (QUERY, PASSAGE)
-OUTPUTS: tuple[str, ...] = (INDEX, LOGIT, TOKEN_COUNT)
+OUTPUTS: tuple[str, ...] = (INDEX, LOGIT, TOKEN_COUNT)  # NIM's outputs; CHUNKS is requested with CHUNK
 
-#: Request parameter: ``NONE`` (NIM's default) or ``END``.
+#: Request parameter: ``NONE`` (NIM's default), ``END``, or ``CHUNK`` (our extension: every window of a
+#: long passage is scored, the passage gets the best).
 TRUNCATE_PARAMETER = "truncate"
+#: Request parameter with ``truncate=CHUNK``: tokens shared by consecutive windows.
+CHUNK_OVERLAP_PARAMETER = "chunk_overlap"
 
 # Limits the ensemble publishes as config parameters (one name per limit; clients split to fit).
 MAX_ROWS_PER_REQUEST = "max_rows_per_request"  # passages per Triton request (ensemble max_batch_size)

@@ -12,6 +12,11 @@ Semantics (see MODEL_FACTS.md):
 - ``truncate="END"`` keeps the first ``max_length`` tokens (BOS included), so the passage is cut
   first and the query only when the query alone is too long; ``truncate="NONE"`` rejects a
   too-long pair with NIM's message.
+- ``truncate="CHUNK"`` (our extension) scores a too-long pair as windows (:meth:`PairEncoder.windows`):
+  the query part Q (BOS and every token that starts before the passage text) followed by passage
+  tokens ``P[s:s+W]``, ``W = max_length - len(Q)``, ``s = 0, W-overlap, 2(W-overlap), ...`` until a
+  window reaches the end of P. Window 0 is exactly the END row; the passage's logit is the maximum
+  over its windows (the postprocess step), its ``token_count`` the tokens of all windows.
 
 Only ``numpy`` is imported at module level; ``tokenizers`` is imported by :func:`load_tokenizer`.
 """
@@ -73,11 +78,34 @@ class RequestTooLargeError(RerankInputError):
     """Too many rows, or too many padded tokens, for one request."""
 
 
+class ChunkError(RerankInputError):
+    """``chunk_overlap`` is not a usable number of tokens, or the query leaves no room for windows."""
+
+
 class Truncate(str, enum.Enum):
-    """NIM's truncation modes."""
+    """NIM's truncation modes, and ours (``CHUNK``)."""
 
     NONE = "NONE"
     END = "END"
+    CHUNK = "CHUNK"
+
+
+#: Tokens shared by consecutive windows under CHUNK, unless the request says otherwise; capped at a
+#: quarter of ``max_length`` (so that small test limits still leave room), see :func:`parse_overlap`.
+DEFAULT_CHUNK_OVERLAP = 256
+
+
+def parse_overlap(value: object, max_length: int) -> int:
+    """The request's ``chunk_overlap`` (``None``: ``min(256, max_length // 4)``), a whole number >= 0."""
+    if value is None or value == "" or value == b"":
+        return min(DEFAULT_CHUNK_OVERLAP, max_length // 4)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ChunkError(f"chunk_overlap must be a whole number of tokens, 0 or more; got {value!r}")
+    return value
 
 
 def parse_truncate(value: "str | bytes | Truncate | None") -> Truncate:
@@ -168,12 +196,57 @@ class PairEncoder:
         passages: Sequence["str | bytes"],
         truncate: "str | Truncate | None" = Truncate.NONE,
     ) -> list[list[int]]:
-        """Token ids per pair (BOS first), truncated or rejected as NIM does."""
+        """Token ids per pair (BOS first), truncated or rejected as NIM does (one row per pair)."""
         mode = parse_truncate(truncate)
+        if mode is Truncate.CHUNK:
+            raise ValueError("CHUNK gives several rows per pair: use PairEncoder.windows")
         query_text = to_text(query, "query")
         texts = [format_pair(query_text, to_text(p, f"passage {i}")) for i, p in enumerate(passages)]
         rows = [enc.ids for enc in self.tokenizer.encode_batch(texts)]
         return [self._fit(ids, mode) for ids in rows]
+
+    def windows(
+        self,
+        query: "str | bytes",
+        passages: Sequence["str | bytes"],
+        truncate: "str | Truncate | None" = Truncate.NONE,
+        overlap: object = None,
+    ) -> list[list[list[int]]]:
+        """The rows that score each pair: one row (as :meth:`encode`), or under CHUNK the windows of a
+        pair longer than ``max_length`` (module docstring). The split between query and passage comes
+        from the tokenizer's character offsets of this one tokenization, never from a second one."""
+        mode = parse_truncate(truncate)
+        if mode is not Truncate.CHUNK:
+            return [[row] for row in self.encode(query, passages, mode)]
+        step_overlap = parse_overlap(overlap, self.max_length)
+        query_text = to_text(query, "query")
+        texts = [to_text(p, f"passage {i}") for i, p in enumerate(passages)]
+        prompts = [format_pair(query_text, p) for p in texts]
+        out = []
+        for prompt, passage, enc in zip(prompts, texts, self.tokenizer.encode_batch(prompts)):
+            if len(enc.ids) <= self.max_length:
+                out.append([enc.ids])
+                continue
+            starts = len(prompt) - len(passage)  # the passage text's first character
+            q = next((i for i, (begin, _end) in enumerate(enc.offsets) if i and begin >= starts), len(enc.ids))
+            out.append(self._windows(enc.ids, q, step_overlap))
+        return out
+
+    def _windows(self, ids: list[int], q: int, overlap: int) -> list[list[int]]:
+        head, body = ids[:q], ids[q:]
+        width = self.max_length - q
+        if width <= overlap:
+            raise ChunkError(
+                f"the query takes {q} tokens (BOS and template included), which leaves {max(width, 0)} tokens of "
+                f"passage per window of {self.max_length}, not more than chunk_overlap ({overlap}); shorten the "
+                "query or lower chunk_overlap"
+            )
+        out, start = [], 0
+        while True:
+            out.append(head + body[start:start + width])
+            if start + width >= len(body):
+                return out
+            start += width - overlap
 
     def _fit(self, ids: list[int], mode: Truncate) -> list[int]:
         if len(ids) <= self.max_length:
@@ -182,9 +255,10 @@ class PairEncoder:
             raise InputTooLongError(len(ids), self.max_length)
         return ids[: self.max_length]
 
-    def count_tokens(self, query: str, passages: Sequence[str], truncate: "str | Truncate" = "END") -> list[int]:
-        """Tokens per pair after truncation (BOS included): the server's ``token_count``."""
-        return [len(ids) for ids in self.encode(query, passages, truncate)]
+    def count_tokens(self, query: str, passages: Sequence[str], truncate: "str | Truncate" = "END",
+                     overlap: object = None) -> list[int]:
+        """Tokens scored per pair (BOS included, every window under CHUNK): the server's ``token_count``."""
+        return [sum(len(r) for r in rows) for rows in self.windows(query, passages, truncate, overlap)]
 
 
 @dataclass(frozen=True)
@@ -194,6 +268,12 @@ class PaddedBatch:
     input_ids: np.ndarray  # [N, L] int32
     attention_mask: np.ndarray  # [N, L] int32
     token_counts: np.ndarray  # [N] int32
+    #: [N] int32: the pair each row scores (rows of one pair are its CHUNK windows); None: row i is pair i
+    passage_index: "np.ndarray | None" = None
+
+    def owners(self) -> np.ndarray:
+        n = self.input_ids.shape[0]
+        return np.arange(n, dtype=np.int32) if self.passage_index is None else self.passage_index
 
     @property
     def padded_tokens(self) -> int:
@@ -236,8 +316,12 @@ def encode_request(
     truncate: "str | Truncate | None",
     limits: RequestLimits,
     pad_id: int = EOS_ID,
+    overlap: object = None,
 ) -> PaddedBatch:
     """Validate one request and return its rows left-padded to a length bucket.
+
+    Under CHUNK a pair may give several rows (its windows); they count toward the row and padded-token
+    limits like any row, and ``passage_index`` says which pair each row scores.
 
     The bytes are counted first: tokenizing is the expensive step (a 64 MB request took 21-27 s and
     kept 1.5 GB in the tokenizer), so an oversized request is refused before any of it happens.
@@ -257,14 +341,25 @@ def encode_request(
             f"request has {len(passages)} passages, more than the limit of {limits.max_rows} per request "
             "(max_rows_per_request)"
         )
-    rows = encoder.encode(query, passages, truncate)
+    per_pair = encoder.windows(query, passages, truncate, overlap)
+    rows = [row for pair in per_pair for row in pair]
+    if len(rows) > limits.max_rows:
+        raise RequestTooLargeError(
+            f"request has {len(passages)} passages that make {len(rows)} windows (truncate=CHUNK), more than the "
+            f"limit of {limits.max_rows} rows per request (max_rows_per_request); send fewer or shorter passages "
+            "per request"
+        )
     width = choose_bucket(max(len(r) for r in rows), limits.buckets)
     if len(rows) * width > limits.max_tokens:
         raise RequestTooLargeError(
             f"request needs {len(rows)} x {width} = {len(rows) * width} padded tokens, more than the limit of "
             f"{limits.max_tokens} per request (max_tokens_per_request); send fewer or shorter passages per request"
         )
-    return left_pad(rows, pad_id=pad_id, length=width)
+    batch = left_pad(rows, pad_id=pad_id, length=width)
+    if len(rows) == len(per_pair):
+        return batch
+    owners = np.repeat(np.arange(len(per_pair), dtype=np.int32), [len(pair) for pair in per_pair])
+    return PaddedBatch(batch.input_ids, batch.attention_mask, batch.token_counts, owners)
 
 
 def compact_runs(lengths: "Sequence[int] | np.ndarray", max_tokens: int, granularity: int = 32,

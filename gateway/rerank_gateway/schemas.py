@@ -37,8 +37,12 @@ class RankingRequest(_Strict):
     query: TextItem
     passages: list[TextItem]
     truncate: str | None = Field(None, description="NONE (default, NIM's): a pair over the model's limit is "
-                                                   "an error; END: the passage's end is cut",
-                                 examples=["NONE", "END"])
+                                                   "an error; END: the passage's end is cut; CHUNK (our "
+                                                   "extension): every window of a long passage is scored and "
+                                                   "the best one counts",
+                                 examples=["NONE", "END", "CHUNK"])
+    chunk_overlap: int | None = Field(None, ge=0, description="with CHUNK: tokens shared by consecutive windows "
+                                                              "(default min(256, max_sequence_length / 4))")
 
 
 class RetrievalRankingRequest(RankingRequest):
@@ -50,6 +54,7 @@ class RetrievalRankingRequest(RankingRequest):
 class Ranking(BaseModel):
     index: int
     logit: float
+    chunks: int | None = Field(None, description="with truncate=CHUNK only: windows scored for this passage")
 
 
 class Usage(BaseModel):

@@ -93,7 +93,7 @@ class Scorer:
                        "send one of these as 'model', or leave it out")
 
     async def rank(self, route: str, model: str | None, query: str, passages: Sequence[str],
-                   truncate: str | None) -> Scored:
+                   truncate: str | None, chunk_overlap: int | None = None) -> Scored:
         """Score every passage, or raise an :class:`ApiError` / the client's ``RerankError``."""
         self.check_model(model)
         if not passages:
@@ -106,7 +106,7 @@ class Scorer:
         charge = self._admit(admission, len(passages)) if admission else 0
         metrics.PASSAGES_IN_FLIGHT.inc(len(passages))
         try:
-            results = await self.client.rerank(query, passages, truncate=truncate)
+            results = await self.client.rerank(query, passages, truncate=truncate, chunk_overlap=chunk_overlap)
         finally:
             metrics.PASSAGES_IN_FLIGHT.dec(len(passages))
             if admission:

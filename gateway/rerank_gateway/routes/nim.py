@@ -19,20 +19,26 @@ from ..scoring import Scored, Scorer
 router = APIRouter(tags=["NIM"], dependencies=[Depends(require_key)])
 
 
-def nim_body(scored: Scored, keep: int | None = None) -> dict[str, Any]:
+def nim_body(scored: Scored, keep: int | None = None, chunked: bool = False) -> dict[str, Any]:
+    """NIM's body; under CHUNK each ranking also says how many windows were scored (our extension)."""
     results = scored.results if keep is None else scored.results[:keep]
-    return {"rankings": [{"index": r.index, "logit": r.logit} for r in results],
-            "usage": {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens}}
+    rankings = [{"index": r.index, "logit": r.logit, **({"chunks": r.chunks} if chunked else {})} for r in results]
+    return {"rankings": rankings, "usage": {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens}}
+
+
+def chunked(body: RankingRequest) -> bool:
+    return (body.truncate or "").strip().upper() == "CHUNK"
 
 
 async def _rank(request: Request, route: str, body: RankingRequest) -> Scored:
     scorer: Scorer = request.app.state.scorer
-    return await scorer.rank(route, body.model, body.query.text, [p.text for p in body.passages], body.truncate)
+    return await scorer.rank(route, body.model, body.query.text, [p.text for p in body.passages], body.truncate,
+                             body.chunk_overlap)
 
 
 @router.post("/v1/ranking", response_model=RankingResponse, summary="Rank passages (NIM)")
 async def ranking(body: RankingRequest, request: Request) -> JSONResponse:
-    return JSONResponse(nim_body(await _rank(request, "/v1/ranking", body)))
+    return JSONResponse(nim_body(await _rank(request, "/v1/ranking", body), chunked=chunked(body)))
 
 
 @router.post("/v1/retrieval/{model:path}/reranking", response_model=RankingResponse,
@@ -40,4 +46,4 @@ async def ranking(body: RankingRequest, request: Request) -> JSONResponse:
 async def retrieval_reranking(model: str, body: RetrievalRankingRequest, request: Request) -> JSONResponse:
     request.app.state.scorer.check_model(model)
     scored = await _rank(request, "/v1/retrieval/{model}/reranking", body)
-    return JSONResponse(nim_body(scored, body.top_k))
+    return JSONResponse(nim_body(scored, body.top_k, chunked(body)))

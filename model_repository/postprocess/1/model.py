@@ -1,26 +1,42 @@
-"""Postprocess step: rows sorted by logit, descending, ties by lower index (scores stay fp32)."""
+"""Postprocess step: one result per passage, sorted by logit, descending, ties by lower index.
+
+Rows arrive one per window: a passage that ``truncate=CHUNK`` split has several (PASSAGE_INDEX says
+whose), and gets the best of their logits, the sum of their tokens and their number. Scores stay fp32.
+"""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
-def rank(logits: np.ndarray, token_counts: np.ndarray):
-    """(index, logit, token_count) in ranking order, each [N, 1]."""
-    scores = logits.reshape(-1).astype(np.float32)
+def aggregate(logits: np.ndarray, token_counts: np.ndarray, passage_index: np.ndarray):
+    """Per passage: (max logit, total tokens, windows), each [P], from per-row arrays."""
+    owners = passage_index.reshape(-1).astype(np.int64)
+    passages = int(owners.max()) + 1
+    best = np.full(passages, -np.inf, dtype=np.float32)
+    np.maximum.at(best, owners, logits.reshape(-1).astype(np.float32))
+    tokens = np.bincount(owners, weights=token_counts.reshape(-1), minlength=passages).astype(np.int32)
+    windows = np.bincount(owners, minlength=passages).astype(np.int32)
+    return best, tokens, windows
+
+
+def rank(logits: np.ndarray, token_counts: np.ndarray, passage_index: np.ndarray):
+    """(index, logit, token_count, chunks) in ranking order, each [P, 1]."""
+    scores, tokens, windows = aggregate(logits, token_counts, passage_index)
     order = np.lexsort((np.arange(scores.size), -scores)).astype(np.int32)
-    return order.reshape(-1, 1), scores[order].reshape(-1, 1), token_counts.reshape(-1)[order].reshape(-1, 1)
+    return tuple(a.reshape(-1, 1) for a in (order, scores[order], tokens[order], windows[order]))
 
 
 class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            logits = pb_utils.get_input_tensor_by_name(request, "LOGITS").as_numpy()
-            counts = pb_utils.get_input_tensor_by_name(request, "TOKEN_COUNTS").as_numpy()
-            index, logit, token_count = rank(logits, counts.astype(np.int32))
+            logits, counts, owners = (pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                                      for name in ("LOGITS", "TOKEN_COUNTS", "PASSAGE_INDEX"))
+            index, logit, token_count, chunks = rank(logits, counts.astype(np.int32), owners)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("INDEX", index),
                 pb_utils.Tensor("LOGIT", logit),
                 pb_utils.Tensor("TOKEN_COUNT", token_count),
+                pb_utils.Tensor("CHUNKS", chunks),
             ]))
         return responses

@@ -1,5 +1,8 @@
 """Tokenizer step: one request in, its rows left-padded to a length bucket out.
 
+Under ``truncate=CHUNK`` a long passage gives several rows (its windows); PASSAGE_INDEX tells the
+postprocess step which passage each row scores.
+
 All rules (template, BOS, truncation, limits, errors) live in ``rerank_contract/prompt.py``, which the
 repository assembly copies beside this file. Bad input answers INVALID_ARGUMENT for that request
 only; nothing reaches the engine's batch.
@@ -19,9 +22,10 @@ def _parameters(model_config: dict) -> dict:
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
 
-def _truncate(request) -> str:
+def _parameters_of(request) -> tuple[object, object]:
+    """The request's ``truncate`` (NIM's default NONE) and ``chunk_overlap`` (None: the default)."""
     params = json.loads(request.parameters() or "{}")
-    return params.get(names.TRUNCATE_PARAMETER, "NONE")
+    return params.get(names.TRUNCATE_PARAMETER, "NONE"), params.get(names.CHUNK_OVERLAP_PARAMETER)
 
 
 class TritonPythonModel:
@@ -45,8 +49,9 @@ class TritonPythonModel:
         try:
             queries = pb_utils.get_input_tensor_by_name(request, names.QUERY).as_numpy().reshape(-1)
             passages = pb_utils.get_input_tensor_by_name(request, names.PASSAGE).as_numpy().reshape(-1)
+            truncate, overlap = _parameters_of(request)
             batch = rp.encode_request(
-                self.encoder, list(queries), list(passages), _truncate(request), self.limits, self.pad_id
+                self.encoder, list(queries), list(passages), truncate, self.limits, self.pad_id, overlap
             )
         except rp.RerankInputError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
@@ -54,4 +59,5 @@ class TritonPythonModel:
             pb_utils.Tensor("INPUT_IDS", batch.input_ids),
             pb_utils.Tensor("ATTENTION_MASK", batch.attention_mask),
             pb_utils.Tensor("TOKEN_COUNTS", batch.token_counts.reshape(-1, 1).astype(np.int32)),
+            pb_utils.Tensor("PASSAGE_INDEX", batch.owners().reshape(-1, 1).astype(np.int32)),
         ])
