@@ -34,7 +34,7 @@ LOCUST_ARGS ?=
 # make bench: QUICK=1 for the CI mode (tiny preset, few requests, no vLLM)
 QUICK ?=
 
-.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest soak overload bench gateway-overhead clean
+.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest soak overload chunk-cost bench gateway-overhead clean
 
 setup: $(STAMP)
 
@@ -93,6 +93,10 @@ soak: repository
 # Open-loop load at 2x and 5x the sustainable rate, with and without the gateway's admission budget.
 overload: repository
 	$(BIN)/python -m loadtests.overload --repository $(REPOSITORY) --label $(if $(MODEL),$(notdir $(MODEL)),small)
+
+# truncate=CHUNK against END on the small checkpoint (max_sequence_length 512): docs/chunk.md
+chunk-cost: repository
+	$(BIN)/python -m loadtests.chunk_cost --checkpoint $(DEFAULT_CHECKPOINT) --label small
 
 gateway-overhead: repository
 	$(BIN)/python -m loadtests.gateway_overhead --repository $(REPOSITORY) --label $(if $(MODEL),$(notdir $(MODEL)),small)

@@ -161,6 +161,10 @@ TRITON_KINDS: list[tuple[str, Callable[..., Answer], dict[str, str], str]] = [
     ("unknown truncate value", pair(truncate="MIDDLE"), INVALID, "truncate"),
     ("truncate in lower case (accepted)", pair(truncate="end"), OK, ""),
     ("unknown request parameter (ignored, as Triton does)", pair(colour="blue"), OK, ""),
+    ("CHUNK: chunk_overlap not a number", pair(truncate="CHUNK", chunk_overlap="many"), INVALID,
+     "chunk_overlap must be a whole number of tokens"),
+    ("CHUNK: query too long for any window", pair("word " * 8000, ["passage " * 600], truncate="CHUNK"), INVALID,
+     "not more than chunk_overlap (256)"),
     ("unknown model", triton({"query": texts([Q]), "passage": texts([P])}, model="rerank-english-v3.0"), NOT_FOUND,
      "unknown model"),
     ("unknown model version", triton({"query": texts([Q]), "passage": texts([P])}, version="7"), NOT_FOUND,
@@ -230,6 +234,10 @@ REST_KINDS: list[tuple[str, Callable[..., Answer], str, str]] = [
     ("1 MB passage, truncate END", rest(nim(passages=[MB], truncate="END")), "200", ""),
     ("special-token text in a passage (scored as text)", rest(nim(passages=[SPECIAL])), "200", ""),
     ("unknown truncate value", rest(nim(truncate="START")), "400", "Invalid truncate value 'START'"),
+    ("CHUNK: chunk_overlap not a number", rest(nim(truncate="CHUNK", chunk_overlap="many")), "400",
+     "chunk_overlap"),
+    ("CHUNK: query too long for any window", rest(nim("word " * 8000, ["passage " * 600], truncate="CHUNK")), "400",
+     "not more than chunk_overlap (256)"),
     ("image passage", rest({**nim(), "passages": [{"text": P, "image": "data:image/png;base64,AAAA"}]}), "400",
      "image passages are not supported"),
     ("unknown model", rest(nim(model="rerank-english-v3.0")), "404", "is not served here"),
@@ -266,9 +274,26 @@ def test_bad_input_catalogue(server, gateway, case: Case):
     still_serving(server, gateway, case.via)
 
 
+def catalogue_table() -> str:
+    """The catalogue as the markdown table of docs/bad_inputs.md (one row per kind, a column per way in)."""
+    rows: dict[str, dict[str, Case]] = {}
+    for case in CATALOGUE:
+        rows.setdefault(case.kind, {})[case.via] = case
+
+    def cell(case: Case | None) -> str:
+        if case is None:
+            return "-"
+        fragment = f" `{case.fragment}`" if case.fragment else ""
+        return case.status + fragment + (" (Triton's own frontend, before our code)" if case.outside_our_code else "")
+
+    lines = ["| kind | gRPC | KServe HTTP | REST (gateway) |", "|---|---|---|---|"]
+    lines += [f"| {kind} | {cell(v.get('grpc'))} | {cell(v.get('http'))} | {cell(v.get('rest'))} |"
+              for kind, v in rows.items()]
+    return "\n".join(lines)
+
+
 def test_catalogue_is_big_and_documented():
-    kinds = {c.kind for c in CATALOGUE}
-    assert len(kinds) >= 40 and {c.via for c in CATALOGUE} == {"grpc", "http", "rest"}
-    documented = DOC.read_text()
-    missing = [k for k in sorted(kinds) if f"| {k} |" not in documented]
-    assert not missing, f"docs/bad_inputs.md does not list: {missing}"
+    """docs/bad_inputs.md holds this exact table: regenerate it with
+    ``python -c "import sys; sys.path[:0] = ['tests']; import test_bad_input_catalogue as c; print(c.catalogue_table())"``."""
+    assert len({c.kind for c in CATALOGUE}) >= 40 and {c.via for c in CATALOGUE} == {"grpc", "http", "rest"}
+    assert catalogue_table() in DOC.read_text(), "docs/bad_inputs.md is out of date with the catalogue"

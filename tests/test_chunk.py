@@ -41,9 +41,10 @@ def long_text(seed: int, words: int) -> str:
 
 # --- the rule ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body_len", [1, 10, 11, 30, 31, 40, 50, 51, 97])
+@pytest.mark.parametrize("body_len", [1, 10, 11, 30, 31, 40, 43, 50, 51, 92, 93, 97])
 def test_windows_cover_the_passage_with_the_overlap(short_encoder, body_len):
-    """Synthetic ids: Q of 14 tokens, so W = 50; windows start at 0, 42, 84, ..."""
+    """Synthetic ids: Q of 14 tokens, so W = 50; windows start at 0, 42, 84, ... (edges: W - overlap + 1
+    = 43, W = 50, W + 1 = 51, 2W - overlap = 92, 2W - overlap + 1 = 93)."""
     q = 14
     ids = list(range(1000, 1000 + q)) + list(range(5000, 5000 + body_len))
     if q + body_len <= MAX_LEN:

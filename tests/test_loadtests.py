@@ -109,3 +109,13 @@ def test_overload_quick_run(tiny_repository, tmp_path):
                           "--phase-s", "3", "--capacity-s", "3", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "overload-tiny.md").read_text()
     assert "| on | 3x |" in report and "| off | 3x |" in report and "Sustainable load" in report
+
+
+@pytest.mark.slow
+def test_chunk_cost_quick_run(tiny_checkpoint, tmp_path):
+    from loadtests import chunk_cost
+
+    assert chunk_cost.main(["--checkpoint", str(tiny_checkpoint), "--label", "tiny", "--requests", "2",
+                            "--max-sequence-length", "64", "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "chunk-cost-tiny.md").read_text()
+    assert "| 1 | CHUNK |" in report and "| 4 | END |" in report and "window logits" in report
