@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rerank_build.engine_build import EngineBuildError, calibration_inputs, check_inputs, engine_metadata, head_nodes
+from rerank_build.engine_build import EngineBuildError, check_inputs, engine_metadata
 from rerank_build.engine_meta import (
     TRITON_TENSORRT, EngineMetaError, check_engine_for_repository, gpu_defaults, read_meta,
 )
@@ -117,17 +117,6 @@ def test_precision_needs_the_matching_onnx(tiny_onnx_fp32, tiny_onnx_fp16):
     check_inputs(tiny_onnx_fp16, "fp8")
     with pytest.raises(EngineBuildError, match="precision must be one of"):
         check_inputs(tiny_onnx_fp16, "int4")
-
-
-def test_fp8_keeps_the_head_out_of_quantization(tiny_onnx_fp16):
-    names = head_nodes(tiny_onnx_fp16)
-    assert names, "the score head's MatMul must be found by its weight"
-
-
-def test_calibration_inputs(tiny_checkpoint):
-    data = calibration_inputs(tiny_checkpoint, n_pairs=8, seq=64)
-    assert data["input_ids"].shape == data["attention_mask"].shape == (8, 64)
-    assert str(data["input_ids"].dtype) == "int32" and (data["input_ids"][:, -1] != 0).all()
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT message does not apply")

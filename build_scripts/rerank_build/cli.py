@@ -67,6 +67,15 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import calibration_feeds, quantize_fp8
+
+    onnx_path = Path(args.onnx)
+    feeds = calibration_feeds(onnx_path.parent, n_pairs=args.calibration_pairs, seed=args.seed)
+    print(quantize_fp8(onnx_path, args.out, feeds))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .stack import ServePorts, serve
 
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", help="candidate: a TensorRT plan run directly on the GPU")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--model", help="ensemble name of the endpoint (default NIM's)")
-    p.add_argument("--tolerance", type=float, help="max abs difference (default by dtype: fp32 1e-4, fp16 5e-2, bf16 0.1, fp8 0.5)")
+    p.add_argument("--tolerance", type=float, help="max abs difference (default by dtype: fp32 1e-4, fp16 5e-2, bf16 0.1, fp8 1.0)")
     p.add_argument("--random-queries", type=int, default=12, help="seeded random queries besides the fixed ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per ONNX batch (0: one batch per query)")
@@ -160,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", help="persistent timing cache (default OUT/timing.cache)")
     p.add_argument("--seed", type=int, default=0, help="fp8 calibration text seed")
     p.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("quantize", help="FP8 Q/DQ ONNX from the fp16 export (runs on CPU; engine --precision fp8 "
+                                        "uses it)")
+    p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --dtype fp16)")
+    p.add_argument("--precision", choices=["fp8"], default="fp8")
+    p.add_argument("--out", type=Path, required=True, help="writes OUT/model.onnx and OUT/quantize_meta.json")
+    p.add_argument("--calibration-pairs", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="calibration text seed")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
     p.add_argument("--repository", default="build/model_repository")

@@ -3,8 +3,9 @@
 Real code against the TensorRT Python API (10.x), imported lazily: it runs inside NVIDIA's TensorRT
 container on a GPU host (TensorRT cannot be installed on our CPU machines or in CI). Precision comes
 from the ONNX for strongly typed networks (TensorRT 10; mandatory from 10.12 and in 11): export fp16
-or bf16 ONNX, whose RMSNorm, softmax, pooling and head are already fp32. ``fp8`` quantizes the fp16
-ONNX with NVIDIA ModelOpt (Q/DQ on the matmuls, the score head excluded), calibrated on seeded text.
+or bf16 ONNX, whose RMSNorm, softmax, pooling and head are already fp32. ``fp8`` first quantizes the
+fp16 ONNX with :mod:`rerank_build.quantize` (FP8 Q/DQ on the linear layers only, calibrated on seeded
+text; the same graph whose accuracy ONNX Runtime measures on CPU).
 Every build writes ``model.plan``, ``engine_meta.json`` and reuses a persistent timing cache.
 """
 
@@ -23,6 +24,7 @@ from rerank_contract.prompt import DEFAULT_BUCKETS
 
 from .engine_meta import META_FILE, META_FORMAT, PRECISIONS
 from .profiles import INPUT_NAMES, Profile, plan_profiles
+from .quantize import calibration_feeds, quantize_fp8
 
 logger = logging.getLogger(__name__)
 
@@ -91,52 +93,6 @@ def gpu_description() -> dict[str, str]:
         return {"name": "unknown", "compute_capability": "unknown"}
 
 
-def calibration_inputs(tokenizer_dir: Path, n_pairs: int = 64, seq: int = 256, seed: int = 0) -> dict[str, Any]:
-    """Seeded multilingual pairs, left-padded to ``seq``: FP8 calibration data for ModelOpt."""
-    from rerank_contract.prompt import PairEncoder, left_pad, load_tokenizer
-
-    from .textgen import random_cases
-
-    encoder = PairEncoder(load_tokenizer(str(tokenizer_dir)), max_length=seq)
-    rows = []
-    for case in random_cases(seed, n_cases=n_pairs, passages_per_case=(1, 1), passage_words=(20, 160)):
-        rows += encoder.encode(case.query, case.passages, "END")
-    batch = left_pad(rows[:n_pairs], length=seq)
-    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-
-
-def head_nodes(onnx_path: Path) -> list[str]:
-    """Nodes that consume the score head's weight (kept out of FP8 quantization)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    feeds = {"score.weight"}
-    names = []
-    for node in model.graph.node:
-        if feeds & set(node.input):
-            names.append(node.name)
-            feeds |= set(node.output)
-    return names
-
-
-def quantize_fp8(onnx_path: Path, work_dir: Path, seed: int = 0) -> Path:
-    """FP8 Q/DQ ONNX through NVIDIA ModelOpt (``pip install nvidia-modelopt[onnx]``)."""
-    try:
-        from modelopt.onnx.quantization import quantize
-    except ImportError as exc:
-        raise EngineBuildError("fp8 needs NVIDIA ModelOpt: pip install 'nvidia-modelopt[onnx]'") from exc
-    out = work_dir / "model.fp8.onnx"
-    big = onnx_path.with_name("model.onnx.data").exists()
-    logger.info("quantizing %s to FP8 with ModelOpt", onnx_path)
-    quantize(
-        onnx_path=str(onnx_path), quantize_mode="fp8", calibration_method="max",
-        calibration_data=calibration_inputs(onnx_path.parent, seed=seed),
-        nodes_to_exclude=head_nodes(onnx_path), high_precision_dtype="fp16",
-        use_external_data_format=big, output_path=str(out),
-    )
-    return out
-
-
 def progress_monitor(trt: Any) -> Any:
     """A ``trt.IProgressMonitor`` showing each top-level builder phase as a tqdm bar."""
     from tqdm import tqdm
@@ -180,7 +136,8 @@ def build_engine(
     profiles = plan_profiles(buckets, max_batch, opt_tokens, buckets_per_profile)
     trt = import_tensorrt()
     out.mkdir(parents=True, exist_ok=True)
-    source = quantize_fp8(onnx_path, out, seed) if precision == "fp8" else onnx_path
+    source = (quantize_fp8(onnx_path, out / "fp8", calibration_feeds(onnx_path.parent, seed=seed))
+              if precision == "fp8" else onnx_path)
     started = time.perf_counter()
 
     trt_logger = trt.Logger(trt.Logger.WARNING)
