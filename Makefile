@@ -34,9 +34,15 @@ LOCUST_ARGS ?=
 # make bench: QUICK=1 for the CI mode (tiny preset, few requests, no vLLM)
 QUICK ?=
 
-.PHONY: setup test serve repository checkpoint onnx parity full-check loadtest soak overload chunk-cost bench gateway-overhead clean
+.PHONY: setup test typecheck serve repository checkpoint onnx parity full-check loadtest soak overload chunk-cost bench gateway-overhead clean
 
 setup: $(STAMP)
+
+# TensorRT's API as typed stubs, for mypy only: kept out of site-packages (the stub package ships a
+# bare `tensorrt` directory that would make `import tensorrt` succeed) and installed without its
+# dependency on the real tensorrt (which cannot install here).
+TYPING_STUBS := $(VENV)/typing-stubs
+TRT_STUBS := tensorrt-stubs==10.11.0.33.1
 
 # The four packages of this repository, in development mode: contract/ (the request contract),
 # client/ (rerank_client), gateway/ (rerank_gateway) and the root (build tools, load tests).
@@ -46,10 +52,17 @@ $(STAMP): $(PACKAGES) requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e contract -e client -e gateway -e .
+	rm -rf $(TYPING_STUBS)
+	$(BIN)/python -m pip install -q --no-deps --target $(TYPING_STUBS) $(TRT_STUBS)
+	$(BIN)/python scripts/fix_trt_stubs.py $(TYPING_STUBS)
 	touch $@
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# mypy on the code that calls TensorRT, against TensorRT 10.11's stubs (the serving container's, 25.06)
+typecheck: setup
+	$(BIN)/python -m mypy
 
 # tritonserver and the REST gateway in the foreground; Ctrl-C or SIGTERM stops both.
 serve: repository

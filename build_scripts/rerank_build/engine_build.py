@@ -18,13 +18,17 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rerank_contract.prompt import DEFAULT_BUCKETS
 
 from .engine_meta import META_FILE, META_FORMAT, PRECISIONS
 from .profiles import INPUT_NAMES, Profile, plan_profiles
 from .quantize import calibration_feeds, quantize_fp8
+
+if TYPE_CHECKING:  # pragma: no cover - the stubs (tensorrt-stubs, pinned) give mypy the API
+    import tensorrt as trt
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,9 @@ class EngineBuildError(RuntimeError):
     """The engine cannot be built here or from these inputs."""
 
 
-def import_tensorrt() -> Any:
+def import_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module, or a clear error where it cannot be had. Callers then ``import
+    tensorrt as trt`` themselves, so that mypy checks their calls against the pinned stubs."""
     try:
         import tensorrt as trt
     except ImportError as exc:
@@ -93,8 +99,9 @@ def gpu_description() -> dict[str, str]:
         return {"name": "unknown", "compute_capability": "unknown"}
 
 
-def progress_monitor(trt: Any) -> Any:
+def progress_monitor() -> "trt.IProgressMonitor":
     """A ``trt.IProgressMonitor`` showing each top-level builder phase as a tqdm bar."""
+    import tensorrt as trt
     from tqdm import tqdm
 
     class TqdmMonitor(trt.IProgressMonitor):
@@ -134,7 +141,9 @@ def build_engine(
     onnx_path, out = Path(onnx_path), Path(out_dir)
     check_inputs(onnx_path, precision)
     profiles = plan_profiles(buckets, max_batch, opt_tokens, buckets_per_profile)
-    trt = import_tensorrt()
+    import_tensorrt()
+    import tensorrt as trt
+
     out.mkdir(parents=True, exist_ok=True)
     source = (quantize_fp8(onnx_path, out / "fp8", calibration_feeds(onnx_path.parent, seed=seed))
               if precision == "fp8" else onnx_path)
@@ -153,12 +162,13 @@ def build_engine(
     cache_path = Path(timing_cache) if timing_cache else out / "timing.cache"
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
-    monitor = progress_monitor(trt)  # must outlive the build
+    monitor = progress_monitor()  # must outlive the build
     config.progress_monitor = monitor
     for profile in profiles:
         trt_profile = builder.create_optimization_profile()
         for name in INPUT_NAMES:
-            trt_profile.set_shape(name, profile.min, profile.opt, profile.max)
+            trt_profile.set_shape(name, trt.Dims(list(profile.min)), trt.Dims(list(profile.opt)),
+                                  trt.Dims(list(profile.max)))
         config.add_optimization_profile(trt_profile)
 
     logger.info("building %s engine with %d profiles (max batch %d, buckets %s)", precision, len(profiles),

@@ -22,7 +22,9 @@ class TrtRunner:
     def __init__(self, plan: str | Path, device: int = 0) -> None:
         import torch
 
-        trt = import_tensorrt()
+        import_tensorrt()
+        import tensorrt as trt
+
         self.torch = torch
         self.device = torch.device("cuda", device)
         torch.cuda.set_device(self.device)

@@ -31,7 +31,7 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Profile":
-        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))  # type: ignore[arg-type]
+        return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
 
 
 def group_buckets(buckets: Sequence[int], per_profile: int = 2) -> list[list[int]]:
