@@ -56,7 +56,9 @@ def test_gpu_check_cpu_smoke(tmp_path):
                           env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "gpu_check.md").read_text()
-    assert "No TensorRT" in report and "| 128 | 8 |" in report and "total wall time" in report
+    assert "No TensorRT" in report and "total wall time" in report
+    assert "| 1 request x 64 passages x 128 tokens | 64 |" in report and "| 512 tokens per pair |" in report
+    assert "Parity, fp32 on cpu" in report and ": PASS" in report
 
 
 def test_gateway_image_holds_only_the_light_packages():

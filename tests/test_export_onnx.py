@@ -111,3 +111,15 @@ def test_external_data_layout(tiny_checkpoint, tmp_path, tiny_onnx_fp32):
 def test_rejects_unknown_dtype(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="supports fp32, fp16, bf16"):
         export_onnx(tiny_checkpoint, tmp_path / "x", dtype="int4")
+
+
+def test_bf16_export_runs_in_openvino_within_its_tolerance(tiny_checkpoint, tmp_path):
+    """The TensorRT bf16 source on a CPU: ONNX Runtime has no bf16 kernels, OpenVINO reads it. Its
+    weights are bf16; OpenVINO computes in fp32 (precision f32), as TensorRT keeps the fp32 islands."""
+    from rerank_build.parity import TOLERANCES, default_cases, onnx_scorer, reference_scorer, run_parity
+
+    path = export_onnx(tiny_checkpoint, tmp_path / "bf16", dtype="bf16")
+    report = run_parity(tiny_checkpoint, reference_scorer(tiny_checkpoint), onnx_scorer(path, runtime="openvino"),
+                        TOLERANCES["bf16"], default_cases(6, 0))
+    print("\n".join(report.lines()))
+    assert report.passed, "\n".join(report.lines())

@@ -30,7 +30,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     from .parity import main_parity
 
     return main_parity(args.checkpoint, args.onnx, args.endpoint, args.protocol, args.model,
-                       args.tolerance, args.random_queries, args.seed, args.batch_size, args.engine)
+                       args.tolerance, args.random_queries, args.seed, args.batch_size, args.engine,
+                       args.runtime, args.precision)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -122,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-queries", type=int, default=12, help="seeded random queries besides the fixed ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per ONNX batch (0: one batch per query)")
+    p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto",
+                   help="for --onnx: auto = OpenVINO for a bf16 export (ONNX Runtime has no bf16 CPU kernels), "
+                        "else ONNX Runtime")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="OpenVINO's inference precision (bf16: computed in bf16 on AVX512-BF16/AMX CPUs)")
     p.set_defaults(func=_cmd_parity)
 
     p = sub.add_parser("repository", help="assemble a deployable Triton model repository")

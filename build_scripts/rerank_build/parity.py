@@ -124,19 +124,20 @@ def reference_scorer(checkpoint: str | Path) -> Scorer:
     return score
 
 
-def onnx_scorer(onnx_path: str | Path, batch_size: int = 0) -> Scorer:
-    """ONNX Runtime on left-padded batches of mixed lengths (``batch_size`` 0: one per query)."""
-    from .export_onnx import ort_session
+def onnx_scorer(onnx_path: str | Path, batch_size: int = 0, runtime: str = "onnxruntime",
+                precision: str = "f32") -> Scorer:
+    """ONNX Runtime or OpenVINO (``precision``: its hint, f32 or bf16) on left-padded batches of mixed
+    lengths (``batch_size`` 0: one per query)."""
+    from .cpu_runtime import cpu_model
 
-    session = ort_session(onnx_path)
+    model = cpu_model(onnx_path, runtime, precision)
 
     def score(query: str, passages: Sequence[str], rows: list[list[int]]):
         step = batch_size or len(rows)
         out = []
         for start in range(0, len(rows), step):
             batch = left_pad(rows[start:start + step])
-            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            out.append(session.run(["logits"], feeds)[0][:, 0])
+            out.append(model(batch.input_ids, batch.attention_mask)[:, 0])
         return np.concatenate(out).astype(np.float32), None
 
     return score
@@ -205,7 +206,7 @@ def run_parity(
 
 def main_parity(checkpoint: str, onnx: str | None, endpoint: str | None, protocol: str,
                 model_name: str | None, tolerance: float | None, n_random: int, seed: int,
-                batch_size: int, engine: str | None = None) -> int:
+                batch_size: int, engine: str | None = None, runtime: str = "auto", precision: str = "f32") -> int:
     """CLI entry: prints the per-query table and returns the exit code."""
     import json
 
@@ -226,8 +227,11 @@ def main_parity(checkpoint: str, onnx: str | None, endpoint: str | None, protoco
             dtype = json.loads(quantized.read_text())["precision"]
         else:
             dtype = json.loads(meta_path.read_text())["dtype"] if meta_path.exists() else "fp32"
-        candidate = onnx_scorer(onnx, batch_size)
-        label = f"ONNX Runtime {onnx} ({dtype})"
+        # ONNX Runtime has no bf16 CPU kernels: the bf16 export runs in OpenVINO.
+        chosen = runtime if runtime != "auto" else ("openvino" if dtype == "bf16" else "onnxruntime")
+        candidate = onnx_scorer(onnx, batch_size, chosen, precision)
+        label = f"{'OpenVINO' if chosen == 'openvino' else 'ONNX Runtime'} {onnx} ({dtype}" + (
+            f", {precision} compute)" if chosen == "openvino" else ")")
     else:
         dtype = "fp32"
         candidate = endpoint_scorer(endpoint, protocol, model_name)  # type: ignore[arg-type]
