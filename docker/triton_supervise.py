@@ -14,7 +14,6 @@ to tritonserver; its exit code becomes this script's.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys

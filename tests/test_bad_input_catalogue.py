@@ -10,7 +10,6 @@ face and answers those with 400. ``docs/bad_inputs.md`` lists every kind (a test
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
