@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from loadtests.gpu_sweep import _timed as timed
+
 #: Dense bf16 tensor-core peak, TFLOP/s, from NVIDIA's datasheets (no sparsity).
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0,
                     "H100 PCIe": 756.0, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
@@ -47,20 +49,10 @@ def model_flops(config: Any, rows: int, seq: int) -> float:
     return float(linear + attention)
 
 
-def timed(fn: Callable[[], Any], sync: Callable[[], None], iters: int) -> float:
-    fn()
-    sync()
-    started = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync()
-    return (time.perf_counter() - started) / iters
-
-
 def measured_peak(torch: Any, device: str, dtype: Any, sync: Callable[[], None], n: int) -> float:
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, sync, 10)
+    return 2 * n**3 / timed(lambda: a @ b, 1, 10, sync)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                  "|---|---|---|---|---|---|---|---|"]
 
         def row(label: str, rows: int, seq: int) -> None:
-            seconds = timed(forward(rows, seq), sync, iters)
+            seconds = timed(forward(rows, seq), 1, iters, sync)
             flops = model_flops(config, rows, seq) / seconds
             mfu = f"{flops / sheet:.1%}" if sheet else "-"
             lines.append(f"| {label} | {rows} | {seconds * 1e3:.1f} | {rows / seconds:,.1f} | "
