@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from loadtests.gpu_sweep import _timed as timed
+from loadtests.gpu_sweep import timed
 
 #: Dense bf16 tensor-core peak, TFLOP/s, from NVIDIA's datasheets (no sparsity).
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0,

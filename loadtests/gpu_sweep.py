@@ -23,7 +23,7 @@ BATCHES = (1, 8, 32, 128)
 MAX_TOKENS = 128 * 2048  # skip shapes above this many tokens per batch
 
 
-def _timed(fn: Callable[[], None], warmup: int, iters: int, sync: Callable[[], None]) -> float:
+def timed(fn: Callable[[], None], warmup: int, iters: int, sync: Callable[[], None]) -> float:
     for _ in range(warmup):
         fn()
     sync()
@@ -88,7 +88,7 @@ def sweep(run: Callable, sync: Callable[[], None], seqs=SEQS, batches=BATCHES, w
             if batch * seq > MAX_TOKENS:
                 continue
             ids, mask = _random_batch(batch, seq, rng)
-            seconds = _timed(lambda: run(ids, mask), warmup, iters, sync)
+            seconds = timed(lambda: run(ids, mask), warmup, iters, sync)
             rows.append((seq, batch, seconds * 1e3, batch / seconds))
     return rows
 
