@@ -21,6 +21,9 @@ HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 TRITON_HTTP_PORT ?= 8003
+# make serve REPLICAS=2: two tritonserver replicas (the second on each Triton port + 10), the gateway
+# balancing over both (failover on one machine; two replicas on 2 cores add no throughput).
+REPLICAS ?= 1
 REPOSITORY ?= $(BUILD)/model_repository
 DEFAULT_CHECKPOINT := $(BUILD)/checkpoints/small
 SERVE_CHECKPOINT := $(if $(MODEL),$(MODEL),$(DEFAULT_CHECKPOINT))
@@ -67,7 +70,8 @@ typecheck: setup
 # tritonserver and the REST gateway in the foreground; Ctrl-C or SIGTERM stops both.
 serve: repository
 	exec $(BIN)/rerank-build serve --repository $(REPOSITORY) --host $(HOST) --http-port $(HTTP_PORT) \
-		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --triton-http-port $(TRITON_HTTP_PORT)
+		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --triton-http-port $(TRITON_HTTP_PORT) \
+		--replicas $(REPLICAS)
 
 # Builds what is missing: the default checkpoint (when MODEL is empty) and the CPU repository
 # (--reuse keeps one built from the same checkpoint and settings).

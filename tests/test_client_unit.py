@@ -170,3 +170,18 @@ def test_plan_keeps_requests_under_the_byte_limit():
     assert all(sum(sizes[i] for i in c) <= 1000 or len(c) == 1 for c in chunks)
     assert is_too_large(InvalidInputError("request carries 5000 bytes of text (...), more than the limit of 4000 "
                                           "bytes per request; send fewer or shorter passages per request"))
+
+
+def test_several_grpc_endpoints_make_one_round_robin_target():
+    from rerank_client.connection import ConnectionSettings, grpc_target
+
+    assert grpc_target("localhost:8001") == "localhost:8001", "one endpoint: unchanged"
+    assert grpc_target("localhost:8001, 127.0.0.1:9001") == "ipv4:127.0.0.1:8001,127.0.0.1:9001"
+    assert grpc_target("dns:///triton-headless.rerank.svc:8001") == "dns:///triton-headless.rerank.svc:8001"
+    settings = ConnectionSettings("grpc://localhost:8001,localhost:8011", "grpc")
+    assert settings.url == "ipv4:127.0.0.1:8001,127.0.0.1:8011"
+    assert ("grpc.lb_policy_name", "round_robin") in settings._grpc_channel_args()
+    with pytest.raises(ValueError, match="not HOST:PORT"):
+        grpc_target("localhost:8001,localhost")
+    with pytest.raises(ValueError, match="several endpoints need protocol='grpc'"):
+        ConnectionSettings("localhost:8003,localhost:8013", "http")

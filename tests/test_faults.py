@@ -134,7 +134,7 @@ def test_killed_python_stub_is_recovered_and_ridden_through(stack, model):
     proc, ports, _, _ = stack
     pid, regions = _stub_pid(ports, proc, model)
     rest, grpc, ready, seconds = run_fault(stack, lambda: __import__("os").kill(pid, signal.SIGKILL),
-                                           "died; tritonserver restarted", f"kill -9 {model} stub")
+                                           f"died; tritonserver on gRPC {ports.grpc} restarted", f"kill -9 {model} stub")
     assert set(rest.outcomes) == {"200"}, "the gateway rode through the restart"
     assert set(grpc.outcomes) == {"ok"}, "the client library rode through the restart"
     assert ready["503"] >= 1 and ready["200"] >= 1, "readiness was false while tritonserver restarted"
@@ -143,11 +143,12 @@ def test_killed_python_stub_is_recovered_and_ridden_through(stack, model):
 
 
 def test_killed_tritonserver_is_restarted(stack):
-    proc, _, _, _ = stack
+    proc, ports, _, _ = stack
     triton = next(p for p in children(proc.pid) if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes())
     regions = [s.shm_region for s in python_stubs(triton) if s.shm_region]
+    where = f"tritonserver on gRPC {ports.grpc}"
     rest, grpc, ready, _ = run_fault(stack, lambda: __import__("os").kill(triton, signal.SIGKILL),
-                                     "tritonserver exited (code -9); tritonserver restarted", "kill -9 tritonserver")
+                                     f"{where} exited (code -9); {where} restarted", "kill -9 tritonserver")
     assert set(rest.outcomes) == {"200"} and set(grpc.outcomes) == {"ok"}
     assert ready["503"] >= 1
     assert regions and not [r for r in regions if (SHM_DIR / r).exists()], "the killed server's stubs left no region"

@@ -83,7 +83,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     ports = ServePorts(args.http_port, args.grpc_port, args.metrics_port, args.triton_http_port)
     gateway_args = ["--workers", str(args.gateway_workers)] + (["--no-access-log"] if args.no_access_log else [])
     return serve(Path(args.repository), ports, args.host, gateway=not args.no_gateway, log_verbose=args.log_verbose,
-                 gateway_args=gateway_args, watchdog=not args.no_watchdog)
+                 gateway_args=gateway_args, watchdog=not args.no_watchdog, replicas=args.replicas)
 
 
 def _cmd_full_check(args: argparse.Namespace) -> int:
@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics")
     p.add_argument("--triton-http-port", type=int, default=8003, help="Triton's KServe v2 HTTP")
     p.add_argument("--gateway-workers", type=int, default=1, help="gateway worker processes")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="tritonserver replicas; replica k listens on each Triton port + 10 k, and the gateway "
+                        "spreads requests over all of them and retries a failed one on another")
     p.add_argument("--no-access-log", action="store_true", help="no per-request log lines from the gateway")
     p.add_argument("--no-gateway", action="store_true", help="Triton only (its KServe HTTP on --triton-http-port)")
     p.add_argument("--no-watchdog", action="store_true",

@@ -109,12 +109,24 @@ class GatewayProcess:
         self.stop()
 
 
+def replica_ports(ports: ServePorts, replica: int) -> Ports:
+    """Triton's ports for replica ``replica`` (0: the ServePorts themselves; k: each port + 10 k)."""
+    step = 10 * replica
+    return Ports(ports.triton_http + step, ports.grpc + step, ports.metrics + step)
+
+
 class ServingStack:
-    """tritonserver and the gateway in front of it; a context manager that stops both."""
+    """tritonserver (one or several replicas) and the gateway in front of it; a context manager that
+    stops them all. With replicas the gateway spreads requests over every replica's gRPC port (the
+    client library's multi-endpoint target) and retries a failed one on another."""
 
     def __init__(self, repository: str | Path, ports: ServePorts | None = None, host: str = "127.0.0.1",
                  log_dir: str | Path | None = None, gateway_args: list[str] | None = None,
-                 triton_args: list[str] | None = None, log_verbose: int = 0, with_gateway: bool = True) -> None:
+                 triton_args: list[str] | None = None, log_verbose: int = 0, with_gateway: bool = True,
+                 replicas: int = 1, replica_port_list: list[Ports] | None = None) -> None:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        chosen = ports is not None
         self.ports = ports or ServePorts.free()
         self.host = host
         self.with_gateway = with_gateway
@@ -122,12 +134,26 @@ class ServingStack:
         if logs:
             logs.mkdir(parents=True, exist_ok=True)
         terminal = log_dir is not None and str(log_dir) == "-"
-        self.triton = TritonServer(repository, Ports(self.ports.triton_http, self.ports.grpc, self.ports.metrics),
-                                   host, log_path="-" if terminal else (logs / "tritonserver.log" if logs else None),
-                                   extra_args=triton_args, log_verbose=log_verbose)
-        self.gateway = GatewayProcess(f"{local_address(host)}:{self.ports.grpc}", host, self.ports.http,
-                                      log_path="-" if terminal else (logs / "gateway.log" if logs else None),
+        # Given ports: each replica's are offset by 10 (serve --replicas); free ones: more free ones.
+        port_list = replica_port_list or [replica_ports(self.ports, 0)] + [
+            replica_ports(self.ports, k) if chosen else Ports(*free_ports(3)) for k in range(1, replicas)]
+
+        def log(name: str) -> str | Path | None:
+            return "-" if terminal else (logs / name if logs else None)
+
+        self.tritons = [TritonServer(repository, p, host, log_path=log(f"tritonserver{'-' + str(k) if k else ''}.log"),
+                                     extra_args=triton_args, log_verbose=log_verbose)
+                        for k, p in enumerate(port_list[:replicas])]
+        local = local_address(host)
+        target = (f"{local}:{port_list[0].grpc}" if replicas == 1
+                  else "ipv4:" + ",".join(f"{local}:{p.grpc}" for p in port_list[:replicas]))
+        self.gateway = GatewayProcess(target, host, self.ports.http, log_path=log("gateway.log"),
                                       extra_args=gateway_args)
+
+    @property
+    def triton(self) -> TritonServer:
+        """The first (or only) replica."""
+        return self.tritons[0]
 
     @property
     def rest_url(self) -> str:
@@ -143,8 +169,9 @@ class ServingStack:
 
     def start(self, timeout_s: float = 180.0) -> "ServingStack":
         started = time.monotonic()
-        self.triton.start(timeout_s)
         try:
+            for triton in self.tritons:
+                triton.start(timeout_s)
             if self.with_gateway:
                 self.gateway.start(60.0)
                 self.gateway.wait_ready(max(10.0, timeout_s - (time.monotonic() - started)))
@@ -155,7 +182,8 @@ class ServingStack:
 
     def stop(self) -> None:
         self.gateway.stop()
-        self.triton.stop()
+        for triton in self.tritons:
+            triton.stop()
 
     def __enter__(self) -> "ServingStack":
         return self.start()
@@ -165,22 +193,22 @@ class ServingStack:
 
 
 def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, log_verbose: int = 0,
-          gateway_args: list[str] | None = None, watchdog: bool = True) -> int:
+          gateway_args: list[str] | None = None, watchdog: bool = True, replicas: int = 1) -> int:
     """Foreground: start the stack, log where it listens, keep it serving (the watchdog restarts a
     dead python stub's tritonserver, or a dead part), stop it all on Ctrl-C / SIGTERM."""
     if not (repository / ".rerank-repository.json").is_file() and not any(repository.glob("*/config.pbtxt")):
         raise ServerError(f"{repository} holds no model repository: run `rerank-build repository` first")
     stop = threading.Event()
     stack = ServingStack(repository, ports, host, log_dir="-", gateway_args=gateway_args, log_verbose=log_verbose,
-                         with_gateway=gateway)
+                         with_gateway=gateway, replicas=replicas)
     guard = StackWatchdog(stack)
-    parts = [stack.triton] + ([stack.gateway] if gateway else [])
+    parts = [*stack.tritons] + ([stack.gateway] if gateway else [])
     with stack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         guard.arm()
-        where = [f"Triton gRPC {host}:{ports.grpc}", f"Triton KServe HTTP {host}:{ports.triton_http}",
-                 f"Triton metrics {host}:{ports.metrics}"]
+        where = [f"Triton{' replica ' + str(k) if replicas > 1 else ''} gRPC {host}:{t.ports.grpc}, "
+                 f"KServe HTTP {host}:{t.ports.http}, metrics {host}:{t.ports.metrics}" for k, t in enumerate(stack.tritons)]
         if gateway:
             where.insert(0, f"REST API http://{host}:{ports.http} (docs: /docs)")
         logger.info("serving: %s. Ctrl-C stops.", "; ".join(where))

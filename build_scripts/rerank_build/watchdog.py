@@ -46,8 +46,8 @@ class RestartBudget:
 class StackWatchdog:
     """Watches a running :class:`~rerank_build.stack.ServingStack` and restarts what died.
 
-    - a python stub of tritonserver died -> restart tritonserver (see the module docstring);
-    - tritonserver itself exited -> start it again;
+    - a python stub of a tritonserver (replica) died -> restart that tritonserver (module docstring);
+    - a tritonserver itself exited -> start it again (with replicas, the others serve meanwhile);
     - the gateway exited -> start it again.
     ``check()`` is called periodically by the foreground loop; it logs each recovery (the tests read
     those lines) and raises :class:`CrashLoop` past the budget.
@@ -58,20 +58,23 @@ class StackWatchdog:
         self.budget = budget or RestartBudget()
 
     def arm(self) -> None:
-        """Log what is watched: the stubs tritonserver recorded when it became ready."""
-        logger.info("watchdog: watching %d python stubs (%s)", len(self.stack.triton.stubs),
-                    ", ".join(s.name for s in self.stack.triton.stubs))
+        """Log what is watched: the stubs each tritonserver recorded when it became ready."""
+        for triton in self.stack.tritons:
+            logger.info("watchdog: watching %d python stubs of tritonserver on gRPC %d (%s)", len(triton.stubs),
+                        triton.ports.grpc, ", ".join(s.name for s in triton.stubs))
 
     def check(self) -> None:
-        triton = self.stack.triton.process
-        if triton is None or triton.poll() is not None:
-            code = triton.returncode if triton is not None else "?"
-            self._restart(f"tritonserver exited (code {code})", "tritonserver", self._restart_triton)
-        else:
-            dead = [s for s in self.stack.triton.stubs if not alive(s.pid)]
-            if dead:
-                names = ", ".join(f"{s.name} (pid {s.pid})" for s in dead)
-                self._restart(f"python stub {names} died", "tritonserver", self._restart_triton)
+        for triton in self.stack.tritons:
+            process, where = triton.process, f"tritonserver on gRPC {triton.ports.grpc}"
+            if process is None or process.poll() is not None:
+                code = process.returncode if process is not None else "?"
+                self._restart(f"{where} exited (code {code})", where, lambda t=triton: self._restart_triton(t))
+            else:
+                dead = [s for s in triton.stubs if not alive(s.pid)]
+                if dead:
+                    names = ", ".join(f"{s.name} (pid {s.pid})" for s in dead)
+                    self._restart(f"python stub {names} died", where,
+                                  lambda t=triton: self._restart_triton(t))
         gateway = self.stack.gateway.process
         if self.stack.with_gateway and (gateway is None or gateway.poll() is not None):
             code = gateway.returncode if gateway is not None else "?"
@@ -84,10 +87,11 @@ class StackWatchdog:
         restart()
         logger.warning("watchdog: %s; %s restarted and ready in %.1fs", why, name, time.monotonic() - started)
 
-    def _restart_triton(self) -> None:
-        self.stack.triton.stop()  # a short grace with a dead stub; removes the stubs' /dev/shm regions
-        self.stack.triton.start()
-        self.arm()
+    def _restart_triton(self, triton) -> None:
+        triton.stop()  # a short grace with a dead stub; removes the stubs' /dev/shm regions
+        triton.start()
+        logger.info("watchdog: watching %d python stubs of tritonserver on gRPC %d again", len(triton.stubs),
+                    triton.ports.grpc)
 
     def _restart_gateway(self) -> None:
         self.stack.gateway.stop()

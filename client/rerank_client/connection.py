@@ -1,7 +1,18 @@
-"""How to reach the server: URL, protocol, TLS, headers; builds tritonclient clients of either kind."""
+"""How to reach the server: URL, protocol, TLS, headers; builds tritonclient clients of either kind.
+
+Over gRPC the URL may name several Triton replicas, and every request then goes to the next ready
+one (gRPC's ``round_robin`` policy: a replica whose connection fails is skipped until it reconnects):
+- ``host1:8001,host2:8001`` (each host resolved once, here);
+- ``dns:///triton-headless.ns.svc:8001``, gRPC re-resolving the name (a Kubernetes headless Service:
+  every ready pod) at most every 10 s, and at once after a connection fails;
+- ``ipv4:10.0.0.1:8001,10.0.0.2:8001`` or ``ipv6:...``, gRPC's own forms.
+A long-lived channel to a plain Service would stick to one pod: Services balance connections, not
+requests.
+"""
 
 from __future__ import annotations
 
+import socket
 import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +23,20 @@ _MAX_MESSAGE = 2**31 - 1
 #: Where ``make serve`` (NIM's layout) puts each protocol: Triton gRPC on 8001, Triton's KServe HTTP
 #: on 8003 (8000 is the REST gateway's, which speaks NIM's /v1/ranking, not KServe).
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8003"}
+
+
+def grpc_target(url: str) -> str:
+    """The gRPC target for one endpoint or several (module docstring); a single one is unchanged."""
+    if url.startswith(("dns:", "ipv4:", "ipv6:", "unix:")) or "," not in url:
+        return url
+    addresses = []
+    for endpoint in (part.strip() for part in url.split(",") if part.strip()):
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"endpoint {endpoint!r} in {url!r} is not HOST:PORT")
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), socket.AF_INET, socket.SOCK_STREAM)
+        addresses.append(f"{infos[0][4][0]}:{port}")
+    return "ipv4:" + ",".join(addresses)
 
 
 def _strip_scheme(url: str) -> tuple[str, bool]:
@@ -37,17 +62,23 @@ class ConnectionSettings:
         self.module = protocol_module(self.protocol)  # validates the protocol
         self.url, tls = _strip_scheme(self.url or DEFAULT_URLS[self.protocol])
         self.ssl = self.ssl or tls
+        if self.protocol == "grpc":
+            self.url = grpc_target(self.url)
+        elif "," in self.url:
+            raise ValueError("several endpoints need protocol='grpc' (KServe HTTP takes one URL)")
         self.model = self.model or DEFAULT_ENSEMBLE_NAME
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.headers and self.protocol == "grpc":
             self.headers = {k.lower(): v for k, v in self.headers.items()}  # gRPC metadata keys are lowercase
 
-    # gRPC: reconnect quickly after a server restart (the default backoff grows to 120 s).
-    def _grpc_channel_args(self) -> list[tuple[str, int]]:
+    # gRPC: reconnect quickly after a server restart (the default backoff grows to 120 s); spread
+    # requests over every address the target resolves to (one address: no difference).
+    def _grpc_channel_args(self) -> list[tuple[str, int | str]]:
         return [("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000)]
+                ("grpc.max_reconnect_backoff_ms", 1000), ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.dns_min_time_between_resolutions_ms", 10000)]
 
     def _ssl_context(self) -> ssl_module.SSLContext:
         context = ssl_module.create_default_context(cafile=self.root_certificates)
