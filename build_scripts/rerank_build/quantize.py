@@ -11,7 +11,7 @@ runs the same graph on CPU (its QuantizeLinear/DequantizeLinear have FP8 kernels
 accuracy is measured without a GPU. Attention's two batched matmuls and the fp32 head stay as they are.
 
 The graph moves from opset 17 to 19 (FP8 Q/DQ needs 19), with ONNX's version converter; weights of a
-model with external data are not loaded into the protobuf (the data file is linked beside the output).
+model with external data are not loaded into the protobuf (the data file is copied beside the output).
 """
 
 from __future__ import annotations
@@ -173,13 +173,9 @@ def quantize_fp8(onnx_path: str | Path, out_dir: str | Path, feeds: list[dict[st
     pairs = insert_qdq(model, sites, activation_amax, weight_amax)
     target = out / "model.onnx"
     external = src.with_name(EXTERNAL_DATA_FILE)
-    if external.exists():  # weights stay in the data file, which the output references by name
-        link = out / EXTERNAL_DATA_FILE
-        link.unlink(missing_ok=True)
-        try:
-            os.link(external, link)
-        except OSError:
-            shutil.copy2(external, link)
+    if external.exists():  # weights stay in the data file, which the output references by name; a
+        # copy, not a hard link: ONNX's checker refuses hard-linked external data (a "hardlink attack")
+        shutil.copy2(external, out / EXTERNAL_DATA_FILE)
     onnx.save_model(model, str(target))
     onnx.checker.check_model(str(target))
     meta = {
