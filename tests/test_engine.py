@@ -134,3 +134,38 @@ def test_build_tiny_engine(tiny_onnx_fp16, tmp_path):
     plan = build_engine(tiny_onnx_fp16, tmp_path, "fp16", buckets=(64, 128), max_batch=8)
     meta = read_meta(plan)
     assert meta["precision"] == "fp16" and len(meta["profiles"]) == 1 and plan.stat().st_size > 0
+
+
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+L40S = {"name": "NVIDIA L40S", "compute_capability": "8.9"}
+
+
+def test_a_pod_refuses_an_engine_built_for_another_gpu_or_tensorrt(tmp_path, tiny_checkpoint):
+    """What the GPU overlay's init container runs (rerank-build check-engine) before Triton starts."""
+    from rerank_build.engine_meta import EngineMetaError, check_engine_for_node, engine_key
+
+    engine = fake_engine(tmp_path / "engine")
+    meta = json.loads((tmp_path / "engine" / "engine_meta.json").read_text())
+    meta["gpu"] = H100
+    (tmp_path / "engine" / "engine_meta.json").write_text(json.dumps(meta))
+    repo = build_repository(tiny_checkpoint, tmp_path / "repo", RepositorySettings(target="gpu", **gpu_defaults(engine)),
+                            engine=engine, serving_tensorrt="10.11.0")
+    assert "engine OK for this node" in check_engine_for_node(repo, "10.11.0.33", H100)
+    with pytest.raises(EngineMetaError, match=r"built on NVIDIA H100 80GB HBM3 \(compute capability 9.0\) but this "
+                                              r"node has NVIDIA L40S \(compute capability 8.9\).*"
+                                              r"NVIDIA-L40S/trt-10.11.0/fp16"):
+        check_engine_for_node(repo, "10.11.0", L40S)
+    with pytest.raises(EngineMetaError, match="built with TensorRT 10.11.0.33 but this container has TensorRT 10.12.0"):
+        check_engine_for_node(repo, "10.12.0", H100)
+    assert engine_key("NVIDIA H100 80GB HBM3", "10.11.0", "fp8") == "NVIDIA-H100-80GB-HBM3/trt-10.11.0/fp8"
+    done = subprocess.run([CLI, "check-engine", "--repository", str(repo), "--tensorrt", "10.11.0"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "cannot run on this node" in done.stderr, "no GPU here: refused, with a reason"
+
+
+def test_engine_files_are_written_atomically(tmp_path):
+    from rerank_build.engine_build import write_atomically
+
+    target = tmp_path / "model.plan"
+    write_atomically(target, b"engine")
+    assert target.read_bytes() == b"engine" and not list(tmp_path.glob("*.partial"))

@@ -77,6 +77,26 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_engine(args: argparse.Namespace) -> int:
+    from .engine_meta import EngineMetaError, check_engine_for_node
+
+    version = args.tensorrt
+    if not version:
+        try:
+            import tensorrt
+
+            version = tensorrt.__version__
+        except ImportError:
+            print("rerank-build check-engine: give --tensorrt X.Y.Z (no TensorRT here to ask)", file=sys.stderr)
+            return 2
+    try:
+        print(check_engine_for_node(args.repository, version))
+    except EngineMetaError as exc:
+        print(f"rerank-build check-engine: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .stack import ServePorts, serve
 
@@ -184,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-pairs", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="calibration text seed")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("check-engine", help="refuse a GPU repository whose engine was built for another GPU or "
+                                            "TensorRT than this node's (a Triton pod's init container)")
+    p.add_argument("--repository", default="/models/repository")
+    p.add_argument("--tensorrt", help="the serving TensorRT version (default: this Python's tensorrt)")
+    p.set_defaults(func=_cmd_check_engine)
 
     p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
     p.add_argument("--repository", default="build/model_repository")

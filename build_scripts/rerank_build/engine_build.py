@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rerank_contract.prompt import DEFAULT_BUCKETS
 
-from .engine_meta import META_FILE, META_FORMAT, PRECISIONS
+from .engine_meta import META_FILE, META_FORMAT, PRECISIONS, gpu_description
 from .profiles import INPUT_NAMES, Profile, plan_profiles
 from .quantize import calibration_feeds, quantize_fp8
 
@@ -84,19 +83,6 @@ def sha256(path: Path) -> str:
         while block := fh.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
-
-
-def gpu_description() -> dict[str, str]:
-    """Name and compute capability of GPU 0, from nvidia-smi (present wherever the driver is)."""
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout.strip()
-        name, cc = (x.strip() for x in out.split(","))
-        return {"name": name, "compute_capability": cc}
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return {"name": "unknown", "compute_capability": "unknown"}
 
 
 def progress_monitor() -> "trt.IProgressMonitor":
@@ -178,14 +164,21 @@ def build_engine(
     if serialized is None:
         raise EngineBuildError("TensorRT failed to build the engine (see the messages above)")
     plan = out / PLAN_FILE
-    plan.write_bytes(bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-
     meta = engine_metadata(trt.__version__, precision, profiles, buckets, max_batch, onnx_path,
                            time.perf_counter() - started, cache_path)
-    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    # The plan appears last, and whole: a failed or killed build never leaves one a server could load.
+    write_atomically(out / META_FILE, json.dumps(meta, indent=2).encode())
+    write_atomically(plan, bytes(serialized))
     logger.info("wrote %s (%.1f MB) in %.0fs", plan, plan.stat().st_size / 1e6, meta["build_seconds"])
     return plan
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path`` (atomic on POSIX)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def engine_metadata(trt_version: str, precision: str, profiles: Sequence[Profile], buckets: Sequence[int],

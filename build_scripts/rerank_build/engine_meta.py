@@ -9,6 +9,8 @@ cannot serve the requested settings. No TensorRT import here: all of it is teste
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,57 @@ def serving_tensorrt(triton_release: str | None, explicit: str | None) -> str:
             f"unknown Triton release {release!r}: pass --serving-tensorrt X.Y.Z (the TensorRT version inside "
             f"that container); known releases: {', '.join(TRITON_TENSORRT)}"
         ) from None
+
+
+def gpu_description() -> dict[str, str]:
+    """Name and compute capability of GPU 0, from nvidia-smi (present wherever the driver is)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+        name, cc = (x.strip() for x in out.split(","))
+        return {"name": name, "compute_capability": cc}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {"name": "unknown", "compute_capability": "unknown"}
+
+
+def engine_key(gpu_name: str, tensorrt_version: str, precision: str) -> str:
+    """Where an engine lives on a shared volume: one directory per GPU product, TensorRT and precision
+    (an engine runs only on the GPU model and TensorRT version that built it)."""
+    product = re.sub(r"[^A-Za-z0-9.]+", "-", gpu_name).strip("-")
+    return f"{product}/trt-{tensorrt_version}/{precision}"
+
+
+def node_problems(meta: dict[str, Any], gpu: dict[str, str], tensorrt_version: str) -> list[str]:
+    """Why an engine built as ``meta`` says cannot run on this node's ``gpu`` under ``tensorrt_version``."""
+    built_gpu = meta.get("gpu", {})
+    problems = []
+    if gpu.get("name") == "unknown":
+        problems.append("no GPU is visible here (nvidia-smi found none)")
+    elif (built_gpu.get("name"), built_gpu.get("compute_capability")) != (gpu.get("name"), gpu.get("compute_capability")):
+        problems.append(f"it was built on {built_gpu.get('name')} (compute capability "
+                        f"{built_gpu.get('compute_capability')}) but this node has {gpu.get('name')} (compute "
+                        f"capability {gpu.get('compute_capability')})")
+    if not same_release(meta["tensorrt_version"], tensorrt_version):
+        problems.append(f"it was built with TensorRT {meta['tensorrt_version']} but this container has TensorRT "
+                        f"{tensorrt_version}")
+    return problems
+
+
+def check_engine_for_node(repository: str | Path, tensorrt_version: str, gpu: dict[str, str] | None = None) -> str:
+    """Refuse (EngineMetaError, naming what differs) a repository whose engine does not match this node;
+    returns a one-line description of the engine when it does."""
+    engine = Path(repository) / "engine" / "1" / "model.plan"
+    meta = read_meta(engine)
+    gpu = gpu or gpu_description()
+    problems = node_problems(meta, gpu, tensorrt_version)
+    if problems:
+        key = engine_key(gpu.get("name", "unknown"), tensorrt_version, meta["precision"])
+        raise EngineMetaError(f"the engine in {repository} cannot run on this node: " + "; ".join(problems)
+                              + f". Build one for this node (the engine Job writes it under {key}, docs/kubernetes.md)")
+    return (f"engine OK for this node: {meta['precision']}, {gpu['name']} (compute capability "
+            f"{gpu['compute_capability']}), TensorRT {meta['tensorrt_version']}")
 
 
 def gpu_defaults(engine: str | Path) -> dict[str, Any]:
