@@ -37,8 +37,8 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
-    return [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for d in by_kind(objects, "Deployment")]
+def pod_specs(objects: list[dict], kinds: tuple[str, ...] = ("Deployment",)) -> list[tuple[str, dict]]:
+    return [(d["metadata"]["name"], d["spec"]["template"]["spec"]) for kind in kinds for d in by_kind(objects, kind)]
 
 
 def test_every_object_validates_strictly(objects):
@@ -51,7 +51,7 @@ def test_every_object_validates_strictly(objects):
 
 
 def test_containers_are_hardened_with_resources_and_probes(objects):
-    for name, spec in pod_specs(objects):
+    for name, spec in pod_specs(objects, ("Deployment", "Job")):
         assert spec["automountServiceAccountToken"] is False and spec["serviceAccountName"] == "rerank"
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         for container in spec["containers"] + spec.get("initContainers", []):
@@ -63,6 +63,7 @@ def test_containers_are_hardened_with_resources_and_probes(objects):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), where
             image = container["image"]
             assert ":" in image and not image.endswith(":latest"), f"{where}: image {image} is not pinned by tag"
+    for name, spec in pod_specs(objects):
         for container in spec["containers"]:
             assert {"startupProbe", "readinessProbe", "livenessProbe"} <= set(container), name
 
@@ -122,6 +123,23 @@ def test_placement_per_overlay(overlay, gpus):
         assert requested == str(gpus) and "nvidia.com/gpu.product" in spec["nodeSelector"]
         assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
         assert models["persistentVolumeClaim"] == {"claimName": "rerank-engines", "readOnly": True}
+        # The engine's directory is keyed by GPU product, TensorRT and precision, and checked first.
+        check = spec["initContainers"][0]
+        assert check["name"] == "check-engine" and check["command"][:2] == ["rerank-build", "check-engine"]
+        assert check["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+        key = triton["volumeMounts"][0]["subPath"]
+        assert key == check["volumeMounts"][0]["subPath"] == "NVIDIA-H100-80GB-HBM3/trt-10.11.0/fp16"
+        from rerank_build.engine_meta import TRITON_TENSORRT, engine_key
+
+        assert key == engine_key("NVIDIA H100 80GB HBM3", TRITON_TENSORRT["25.06"], "fp16")
     else:
         assert requested is None and "nodeSelector" not in spec
         assert spec["initContainers"][0]["name"] == "repository" and "emptyDir" in models
+
+
+def test_the_engine_job_builds_aside_and_moves_into_place():
+    job = next(j for j in render("gpu") if j["kind"] == "Job")
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert 'key="/engines/${product}/trt-${trt}/${PRECISION}"' in script, "the engine_key layout"
+    assert script.index("rerank-build engine") < script.index('mv -T "${work}" "${key}"'), "one rename, at the end"
+    assert "exit 0" in script.split("rerank-build export-onnx")[0], "an engine that is there is kept"
