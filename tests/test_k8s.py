@@ -143,3 +143,11 @@ def test_the_engine_job_builds_aside_and_moves_into_place():
     assert 'key="/engines/${product}/trt-${trt}/${PRECISION}"' in script, "the engine_key layout"
     assert script.index("rerank-build engine") < script.index('mv -T "${work}" "${key}"'), "one rename, at the end"
     assert "exit 0" in script.split("rerank-build export-onnx")[0], "an engine that is there is kept"
+
+
+def test_rollouts_never_drop_below_the_asked_replicas():
+    triton = next(d for d in render("cpu") if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton")
+    assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    for overlay in OVERLAYS:
+        assert f"overlays/{overlay}" in doc
