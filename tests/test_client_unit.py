@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import numpy as np
@@ -180,7 +181,8 @@ def test_several_grpc_endpoints_make_one_round_robin_target():
     assert grpc_target("dns:///triton-headless.rerank.svc:8001") == "dns:///triton-headless.rerank.svc:8001"
     settings = ConnectionSettings("grpc://localhost:8001,localhost:8011", "grpc")
     assert settings.url == "ipv4:127.0.0.1:8001,127.0.0.1:8011"
-    assert ("grpc.lb_policy_name", "round_robin") in settings._grpc_channel_args()
+    config = json.loads(dict(settings._grpc_channel_args())["grpc.service_config"])
+    assert config == {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
     with pytest.raises(ValueError, match="not HOST:PORT"):
         grpc_target("localhost:8001,localhost")
     with pytest.raises(ValueError, match="several endpoints need protocol='grpc'"):
