@@ -54,3 +54,15 @@ class InferenceResponse:
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return request.inputs.get(name)
+
+
+class Logger:
+    """Triton's python-backend logger: messages go to the test's log."""
+
+    @staticmethod
+    def log_warn(message: str) -> None:
+        import logging
+
+        logging.getLogger("pb_utils").warning(message)
+
+    log_info = log_warn

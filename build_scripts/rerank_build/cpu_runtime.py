@@ -18,15 +18,6 @@ RUNTIMES = ("onnxruntime", "openvino")
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def cpu_bf16() -> bool:
-    """The CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), read from /proc/cpuinfo."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
 def onnxruntime_model(onnx_path: str | Path, threads: int = 0) -> Model:
     from .export_onnx import ort_session
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 MARKER = ".rerank-repository.json"
 TARGETS = ("cpu", "gpu")
+CPU_ENGINES = ("onnxruntime", "openvino")
 ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
@@ -63,6 +64,8 @@ class RepositorySettings:
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
     admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
+    cpu_engine: str = "onnxruntime"  # or openvino
+    cpu_precision: str = "f32"  # OpenVINO's inference precision: f32 or bf16
     engine_instances: int = 1
     ort_threads: int = 0
     engine_tokens_per_run: int = 16384
@@ -74,6 +77,11 @@ class RepositorySettings:
         problems = []
         if self.target not in TARGETS:
             problems.append(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.cpu_engine not in CPU_ENGINES or self.cpu_precision not in ("f32", "bf16"):
+            problems.append(f"cpu_engine must be one of {CPU_ENGINES} and cpu_precision f32 or bf16, got "
+                            f"{self.cpu_engine!r} and {self.cpu_precision!r}")
+        elif self.cpu_precision == "bf16" and self.cpu_engine != "openvino":
+            problems.append("cpu_precision bf16 needs cpu_engine openvino (ONNX Runtime has no bf16 CPU kernels)")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.ensemble_name):
             problems.append(f"ensemble name {self.ensemble_name!r} may hold only letters, digits, '_', '.', '-'")
         if self.ensemble_name in MODELS:

@@ -11,6 +11,9 @@ The engine is reachable on its own, not only through the ensemble, so each reque
 (``rerank_contract.prompt.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
 shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
 a non-finite score is never returned.
+
+The runtime is ONNX Runtime (default) or OpenVINO (``runtime`` parameter; ``precision`` f32 or bf16,
+bf16 only where the CPU has AVX512-BF16 or AMX, else f32 with a warning), same tensors either way.
 """
 
 import json
@@ -29,20 +32,58 @@ from rerank_contract import prompt as rp
 SHRINK_ARENA_WIDTH = 512
 
 
+def onnxruntime_runner(path, threads):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(ids, mask):
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        return session.run(["logits"], feeds, shrink if ids.shape[1] > SHRINK_ARENA_WIDTH else None)[0]
+
+    return run
+
+
+def cpu_has_bf16():
+    """AVX512-BF16 or AMX-BF16: where OpenVINO's bf16 runs natively (elsewhere it would emulate)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def openvino_runner(path, threads, precision):
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": precision}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(threads)
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    output = compiled.output("logits")
+    return lambda ids, mask: np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[output], np.float32)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            os.path.join(here, params.get("onnx_file", "model.onnx")), options, providers=["CPUExecutionProvider"]
-        )
-        self.shrink = ort.RunOptions()
-        self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        path = os.path.join(here, params.get("onnx_file", "model.onnx"))
+        threads = int(params.get("intra_op_threads", "0"))
+        runtime = params.get("runtime", "onnxruntime")
+        precision = params.get("precision", "f32")
+        if precision == "bf16" and not cpu_has_bf16():
+            pb_utils.Logger.log_warn("engine: this CPU has no AVX512-BF16/AMX; running OpenVINO in f32, not bf16")
+            precision = "f32"
+        self.run = (openvino_runner(path, threads, precision) if runtime == "openvino"
+                    else onnxruntime_runner(path, threads))
         self.max_tokens = int(params.get("max_tokens_per_run", "16384"))
         self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
         self.vocab_size = int(params.get("vocab_size", "128256"))
@@ -80,10 +121,8 @@ class TritonPythonModel:
         lengths = mask.sum(axis=1)
         logits = np.empty((input_ids.shape[0], 1), dtype=np.float32)
         for rows, run_width in rp.compact_runs(lengths, self.max_tokens):
-            logits[rows] = self.session.run(["logits"], {
-                "input_ids": np.ascontiguousarray(input_ids[rows, -run_width:], dtype=np.int32),
-                "attention_mask": np.ascontiguousarray(mask[rows, -run_width:], dtype=np.int32),
-            }, self.shrink if run_width > SHRINK_ARENA_WIDTH else None)[0]
+            logits[rows] = self.run(np.ascontiguousarray(input_ids[rows, -run_width:], dtype=np.int32),
+                                    np.ascontiguousarray(mask[rows, -run_width:], dtype=np.int32))
         return logits
 
 
