@@ -119,3 +119,12 @@ def test_chunk_cost_quick_run(tiny_checkpoint, tmp_path):
                             "--max-sequence-length", "64", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "chunk-cost-tiny.md").read_text()
     assert "| 1 | CHUNK |" in report and "| 4 | END |" in report and "window logits" in report
+
+
+def test_cpu_engines_quick_run(tiny_onnx_fp32, tmp_path):
+    from loadtests import cpu_engines
+
+    assert cpu_engines.main(["--onnx", str(tiny_onnx_fp32), "--label", "tiny", "--iters", "1",
+                             "--out", str(tmp_path / "cpu.md")]) == 0
+    report = (tmp_path / "cpu.md").read_text()
+    assert "| 4 x 1024 | OpenVINO f32 |" in report and "| 32 x 128 | ONNX Runtime fp32 |" in report
