@@ -17,13 +17,13 @@ import asyncio
 import json
 import logging
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
 
+from loadtests.latency import percentiles
 from rerank_build.stack import ServingStack
 from rerank_build.textgen import random_text
 
@@ -106,23 +106,19 @@ async def open_loop(url: str, payloads: list[dict], rate: float, seconds: float,
     return outcomes, time.perf_counter() - started
 
 
-def _quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1]
+def _percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p99 (``latency.percentiles``), NaN for an empty list (no request of that kind)."""
+    return percentiles(values) if values else {"p50": float("nan"), "p99": float("nan")}
 
 
 def summarize(admission: bool, factor: float, rate: float, outcomes: list[Outcome], wall_s: float,
               passages: int) -> PhaseReport:
     ok = [o.latency_s for o in outcomes if o.status == 200]
     rejected = [o.latency_s for o in outcomes if o.status == 503]
-    every = [o.latency_s for o in outcomes]
+    every, good, refused = (_percentiles(v) for v in ([o.latency_s for o in outcomes], ok, rejected))
     return PhaseReport(admission, factor, round(rate, 2), len(outcomes), len(ok), len(rejected),
-                       len(outcomes) - len(ok) - len(rejected), _quantile(every, 0.5), _quantile(every, 0.99),
-                       _quantile(ok, 0.5), _quantile(ok, 0.99), _quantile(rejected, 0.99),
-                       len(ok) * passages / wall_s)
+                       len(outcomes) - len(ok) - len(rejected), every["p50"], every["p99"], good["p50"], good["p99"],
+                       refused["p99"], len(ok) * passages / wall_s)
 
 
 def table(reports: list[PhaseReport], capacity_rps: float, passages: int) -> str:
