@@ -182,7 +182,7 @@ def test_several_grpc_endpoints_make_one_round_robin_target():
     settings = ConnectionSettings("grpc://localhost:8001,localhost:8011", "grpc")
     assert settings.url == "ipv4:127.0.0.1:8001,127.0.0.1:8011"
     config = json.loads(dict(settings._grpc_channel_args())["grpc.service_config"])
-    assert config == {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    assert config == {"loadBalancingConfig": [{"round_robin": {}}]}
     with pytest.raises(ValueError, match="not HOST:PORT"):
         grpc_target("localhost:8001,localhost")
     with pytest.raises(ValueError, match="several endpoints need protocol='grpc'"):

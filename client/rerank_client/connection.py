@@ -1,8 +1,8 @@
 """How to reach the server: URL, protocol, TLS, headers; builds tritonclient clients of either kind.
 
 Over gRPC the URL may name several Triton replicas, and every request then goes to the next ready
-one (gRPC's ``round_robin`` policy: a replica whose connection fails, or whose gRPC health service
-does not answer SERVING, is skipped until it does):
+one (gRPC's ``round_robin`` policy: a replica whose connection fails is skipped until it reconnects;
+a replica that fails a request, e.g. one whose python stub died, has it retried on the next):
 - ``host1:8001,host2:8001`` (each host resolved once, here);
 - ``dns:///triton-headless.ns.svc:8001``, gRPC re-resolving the name (a Kubernetes headless Service:
   every ready pod) at most every 10 s, and at once after a connection fails;
@@ -25,8 +25,10 @@ _MAX_MESSAGE = 2**31 - 1
 #: Where ``make serve`` (NIM's layout) puts each protocol: Triton gRPC on 8001, Triton's KServe HTTP
 #: on 8003 (8000 is the REST gateway's, which speaks NIM's /v1/ranking, not KServe).
 DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8003"}
-#: Round robin over every resolved address, with gRPC's client-side health checking.
-SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}})
+#: Round robin over every resolved address. No client-side health checks: they need the health
+#: service's streaming Watch, which Triton 2.51 does not implement (only Check); gRPC would log an
+#: error per connection and treat every server as healthy anyway.
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
 def grpc_target(url: str) -> str:
@@ -77,8 +79,7 @@ class ConnectionSettings:
             self.headers = {k.lower(): v for k, v in self.headers.items()}  # gRPC metadata keys are lowercase
 
     # gRPC: reconnect quickly after a server restart (the default backoff grows to 120 s); spread
-    # requests over every address the target resolves to (one address: no difference), skipping any
-    # whose standard gRPC health service (Triton implements it) does not answer SERVING.
+    # requests over every address the target resolves to (one address: no difference).
     def _grpc_channel_args(self) -> list[tuple[str, int | str]]:
         return [("grpc.max_send_message_length", _MAX_MESSAGE), ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
