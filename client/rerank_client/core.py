@@ -281,9 +281,13 @@ class ClientBase:
                 overlap = rp.parse_overlap(overlap, limits.max_sequence_length)
         except rp.RerankInputError as exc:
             raise InvalidInputError(str(exc), "client") from None
+        chunked = parsed is rp.Truncate.CHUNK
         passage_bytes = [len(p.encode("utf-8")) for p in passages]
         query_bytes = len(query.encode("utf-8"))
+        # The query part of a CHUNK window, estimated only when windows are planned (a tokenizer-backed
+        # estimate would tokenize the query again on every call).
+        query_tokens = self.estimator.estimate(query, ["x"])[0] if chunked else TEMPLATE_TOKENS
         plan = plan_requests(self.estimator.estimate(query, list(passages), passage_bytes), limits,
                              self.max_rows_per_request, parsed.value, [query_bytes + n for n in passage_bytes],
-                             overlap=overlap or 0, query_tokens=self.estimator.estimate(query, ["x"])[0])
-        return Truncation(mode, overlap if parsed is rp.Truncate.CHUNK else None), plan
+                             overlap=overlap if chunked else 0, query_tokens=query_tokens)
+        return Truncation(mode, overlap if chunked else None), plan
