@@ -18,7 +18,7 @@ import numpy as np
 
 from rerank_build.cpu_runtime import cpu_model
 
-SHAPES = ((32, 128), (16, 256), (4, 1024), (1, 2048))
+SHAPES = ((100, 96), (32, 128), (16, 256), (4, 1024), (2, 2048), (1, 4096))
 RUNTIMES = (("ONNX Runtime fp32", "onnxruntime", "f32"), ("OpenVINO f32", "openvino", "f32"),
             ("OpenVINO bf16", "openvino", "bf16"))
 

@@ -1,10 +1,9 @@
 """Systems the benchmark runs side by side on the same checkpoint and the same requests.
 
-Each runner scores one workload request (``score``) and says how many useful and padded tokens its
-batching feeds the model (``padding``), from exact token counts:
-- ``OursRunner``: the Triton ensemble through our client library (gRPC or HTTP); padding from the
-  client's plan (one length bucket per request);
-- ``TorchRunner``: our PyTorch reference in-process, a plain padded batch per request;
+Each runner scores one workload request (``score``); a peer also says how many useful and padded
+tokens its batching feeds the model (``padding``), from exact token counts:
+- ``OursRunner``: the Triton ensemble through our client library (gRPC or HTTP); its padding is
+  read from the engine's own counters;
 - ``CrossEncoderRunner``: sentence-transformers' CrossEncoder on the model's single templated string;
 - ``VllmRunner``: vLLM's CPU build serving the checkpoint (``/classify``), in its own venv.
 sentence-transformers and vLLM load the checkpoint as stock ``LlamaForSequenceClassification``
@@ -45,68 +44,20 @@ class Runner:
 
 
 class OursRunner(Runner):
-    """Padding: the client's plan (one bucket per request), then the CPU engine's regrouping of rows
-    by true length (``rerank_contract.prompt.compact_runs``); a TensorRT engine gets the bucket as is."""
+    """Our ensemble through the client library; its padding comes from the engine's own counters."""
 
-    def __init__(self, url: str, protocol: str, max_concurrency: int = 4, tokens_per_run: int = 16384) -> None:
+    def __init__(self, url: str, protocol: str, max_concurrency: int = 4) -> None:
         from rerank_client import RerankClient
 
         self.name = f"ours (Triton ensemble, {protocol}, client library)"
         # A benchmark saturates the server on purpose: calls may wait long in its queue.
         self.client = RerankClient(url, protocol, truncate="END", max_concurrency=max_concurrency, timeout_s=3600)
-        self.limits = self.client.limits
-        self.tokens_per_run = tokens_per_run
 
     def score(self, request: Request) -> None:
         self.client.rerank(request.query, list(request.passages))
 
-    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
-        from rerank_client.core import plan_requests
-
-        estimates = self.client.estimator.estimate(request.query, list(request.passages))
-        chunks = plan_requests(estimates, self.limits, self.client.max_rows_per_request, "END")
-        padded = 0
-        for chunk in chunks:
-            runs = rp.compact_runs([counts[i] for i in chunk], self.tokens_per_run)
-            padded += sum(len(rows) * min(width, self.limits.padded(max(counts[i] for i in chunk)))
-                          for rows, width in runs)
-        return sum(counts), padded
-
     def close(self) -> None:
         self.client.close()
-
-
-class TorchRunner(Runner):
-    """Plain padded batch per request (no buckets, no sorting), run in row chunks to bound memory."""
-
-    def __init__(self, checkpoint: Path, tokens_per_run: int = 16384) -> None:
-        import torch
-
-        from rerank_build.checkpoint import load_reranker
-
-        self.name = "PyTorch reference in-process (plain padded batch)"
-        self.torch = torch
-        self.model = load_reranker(checkpoint, attn_impl="sdpa")
-        self.encoder = rp.PairEncoder(rp.load_tokenizer(str(checkpoint)))
-        self.tokens_per_run = tokens_per_run
-        self.tokenize_s = 0.0
-        self.model_s = 0.0
-
-    def score(self, request: Request) -> None:
-        torch = self.torch
-        t0 = time.perf_counter()
-        batch = rp.left_pad(self.encoder.encode(request.query, request.passages, "END"))
-        t1 = time.perf_counter()
-        step = max(1, self.tokens_per_run // batch.input_ids.shape[1])
-        with torch.no_grad():
-            for s in range(0, batch.input_ids.shape[0], step):
-                self.model(torch.from_numpy(batch.input_ids[s:s + step]),
-                           torch.from_numpy(batch.attention_mask[s:s + step]))
-        self.tokenize_s += t1 - t0
-        self.model_s += time.perf_counter() - t1
-
-    def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
-        return sum(counts), len(counts) * max(counts)
 
 
 def llama_seqcls_view(checkpoint: Path, out: Path) -> Path:
@@ -137,13 +88,14 @@ def llama_seqcls_view(checkpoint: Path, out: Path) -> Path:
 
 
 class CrossEncoderRunner(Runner):
-    def __init__(self, view: Path, batch_size: int = 32) -> None:
+    def __init__(self, view: Path, batch_size: int = 32, precision: str = "fp32") -> None:
         import torch
         from sentence_transformers import CrossEncoder
 
         self.name = f"sentence-transformers CrossEncoder (batch {batch_size})"
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.model = CrossEncoder(str(view), device="cpu", max_length=rp.DEFAULT_MAX_LENGTH,
-                                  model_kwargs={"dtype": torch.float32})
+                                  model_kwargs={"dtype": dtype})
         self.identity = torch.nn.Identity()
         self.batch_size = batch_size
 
@@ -178,13 +130,14 @@ def ensure_vllm(venv: Path) -> tuple[Path | None, str]:
 
 
 class VllmRunner(Runner):
-    def __init__(self, python: Path, view: Path, port: int, log: Path, start_timeout_s: float = 600) -> None:
+    def __init__(self, python: Path, view: Path, port: int, log: Path, start_timeout_s: float = 600,
+                 precision: str = "fp32") -> None:
         self.name = "vLLM CPU (/classify, continuous batching)"
         self.url = f"http://127.0.0.1:{port}"
         self.model = str(view)
         self.proc = subprocess.Popen(
             [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(view), "--runner", "pooling",
-             "--dtype", "float32", "--max-model-len", str(rp.DEFAULT_MAX_LENGTH), "--port", str(port),
+             "--dtype", "bfloat16" if precision == "bf16" else "float32", "--max-model-len", str(rp.DEFAULT_MAX_LENGTH), "--port", str(port),
              "--host", "127.0.0.1",
              # On CPU this is the share of RAM vLLM reserves; its 0.92 default fails beside the other runners.
              "--gpu-memory-utilization", "0.3",

@@ -16,7 +16,8 @@ class StepStats:
     executions: int
     requests: int
     queue_ns: int
-    compute_ns: int  # compute_input + compute_infer + compute_output
+    compute_ns: int  # compute_input + compute_infer + compute_output, per request
+    execution_ns: int = 0  # the same per execution: the time the model's instances were busy
 
     def __sub__(self, other: "StepStats") -> "StepStats":
         return StepStats(*(getattr(self, f) - getattr(other, f) for f in self.__dataclass_fields__))
@@ -32,6 +33,7 @@ def read_stats(grpc_client: Any, models: tuple[str, ...] = STEPS) -> dict[str, S
             inferences=s.inference_count, executions=s.execution_count, requests=st.success.count,
             queue_ns=st.queue.ns,
             compute_ns=st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns,
+            execution_ns=sum(b.compute_input.ns + b.compute_infer.ns + b.compute_output.ns for b in s.batch_stats),
         )
     return out
 

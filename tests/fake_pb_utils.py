@@ -66,3 +66,28 @@ class Logger:
         logging.getLogger("pb_utils").warning(message)
 
     log_info = log_warn
+
+
+class MetricFamily:
+    """Triton's custom metrics: a family of labelled counters or gauges (values kept for asserts)."""
+
+    COUNTER, GAUGE = "counter", "gauge"
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name, self.kind, self.metrics = name, kind, []
+
+    def Metric(self, labels: dict[str, str] | None = None) -> "_Metric":  # noqa: N802 - Triton's name
+        metric = _Metric(labels or {})
+        self.metrics.append(metric)
+        return metric
+
+
+class _Metric:
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels, self._value = labels, 0.0
+
+    def increment(self, value: float) -> None:
+        self._value += value
+
+    def value(self) -> float:
+        return self._value

@@ -65,10 +65,15 @@ def test_locust_run_fails_on_unexpected_failures(server, gateway, tmp_path):
 def test_bench_quick_mode(tmp_path):
     assert bench.main(["--quick", "--no-docs", "--reports", str(tmp_path)]) == 0
     text = next(tmp_path.iterdir()).joinpath("bench.md").read_text()
-    for system in ("ours (Triton ensemble, grpc", "ours (Triton ensemble, http", "PyTorch reference",
-                   "sentence-transformers CrossEncoder", "vLLM CPU | 1 | skipped: QUICK mode"):
+    for workload in ("### short:", "### mixed:", "### long:"):
+        assert workload in text, workload
+    for system in ("| ours (Triton, gRPC), OpenVINO | fp32 | 1 |", "| ours (Triton, gRPC), OpenVINO | fp32 | 2 |",
+                   "| ours (Triton, gRPC), ONNX Runtime | fp32 |", "| sentence-transformers CrossEncoder | fp32 |",
+                   "| vLLM CPU | fp32 | 1 | skipped: QUICK mode", "matmul peak, measured in this run"):
         assert system in text, system
     assert "### Overhead: tiny preset, 64 passages" in text and "padding efficiency" in text
+    ours = [line for line in text.splitlines() if line.startswith("| ours (Triton, gRPC)")]
+    assert all("%" in line.split("|")[8] for line in ours), "padding efficiency from the engine's counters"
 
 
 @pytest.mark.slow

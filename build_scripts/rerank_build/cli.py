@@ -174,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admission-passages", dest="admission_passages", type=int,
                    help="passages in flight before the gateway answers 503 (default: 4 x largest preferred "
                         "batch x engine instances)")
-    p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: ONNX Runtime instances")
+    p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: engine instances")
     p.add_argument("--cpu-engine", dest="cpu_engine", choices=["onnxruntime", "openvino"],
-                   help="cpu: the runtime of the engine step (default onnxruntime)")
+                   help="cpu: the runtime of the engine step (default openvino)")
     p.add_argument("--precision", dest="cpu_precision", choices=["f32", "bf16"],
                    help="cpu: OpenVINO's precision (bf16 where the CPU has AVX512-BF16/AMX)")
     p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")

@@ -25,6 +25,13 @@ def onnxruntime_model(onnx_path: str | Path, threads: int = 0) -> Model:
     return lambda ids, mask: session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
 
 
+def bf16_native() -> bool:
+    """AVX512-BF16 or AMX, as OpenVINO sees it (the engine step's test before serving bf16)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def openvino_model(onnx_path: str | Path, precision: str = "f32", threads: int = 0) -> Model:
     """OpenVINO on the CPU; ``precision`` is its inference precision hint (``f32`` or ``bf16``)."""
     import openvino as ov

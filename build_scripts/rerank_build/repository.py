@@ -64,11 +64,11 @@ class RepositorySettings:
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
     admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
-    cpu_engine: str = "onnxruntime"  # or openvino
+    cpu_engine: str = "openvino"  # or onnxruntime (1.1-1.5x slower here, docs/benchmarks.md)
     cpu_precision: str = "f32"  # OpenVINO's inference precision: f32 or bf16
     engine_instances: int = 1
     ort_threads: int = 0
-    engine_tokens_per_run: int = 16384
+    engine_tokens_per_run: int = 4096
     # gpu target
     gpus: tuple[int, ...] = (0,)
     instances_per_gpu: int = 1

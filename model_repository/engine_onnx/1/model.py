@@ -1,19 +1,22 @@
 """CPU engine step: ONNX Runtime with the TensorRT engine's tensors (input_ids, attention_mask ->
 logits).
 
-The dynamic batcher hands over several requests. Their rows arrive left-padded to one length bucket
-(the shape Triton batches on), so before running ONNX Runtime the rows are regrouped by their true
-length (``rerank_contract.prompt.compact_runs``, copied beside this file) and each group is cut to its own
-longest row: a request whose passages are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask and relative RoPE
-make a row's score independent of its padding (tested), so this changes speed, not scores.
+The dynamic batcher hands over several requests, each left-padded to its own length bucket (the
+inputs allow ragged batches, see config.pbtxt). All their rows are regrouped by true length
+(``rerank_contract.prompt.compact_runs``, copied beside this file: the split that minimises padded
+tokens plus a per-run cost) and each run is cut to its own longest row, so a request whose passages
+are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask
+and relative RoPE make a row's score independent of its padding (tested): this changes speed, not scores.
 
 The engine is reachable on its own, not only through the ensemble, so each request is checked first
 (``rerank_contract.prompt.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
 shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
 a non-finite score is never returned.
 
-The runtime is ONNX Runtime (default) or OpenVINO (``runtime`` parameter; ``precision`` f32 or bf16,
-bf16 only where the CPU has AVX512-BF16 or AMX, else f32 with a warning), same tensors either way.
+The runtime is OpenVINO or ONNX Runtime (``runtime`` parameter; ``precision`` f32 or bf16, bf16
+only in OpenVINO and where the CPU has AVX512-BF16 or AMX, else f32 with a warning), same tensors
+either way. The counter ``rerank_engine_tokens_total{kind="useful"|"padded"}`` on Triton's metrics
+port says how much of what the runtime computed was padding.
 """
 
 import json
@@ -49,13 +52,10 @@ def onnxruntime_runner(path, threads):
 
 
 def cpu_has_bf16():
-    """AVX512-BF16 or AMX-BF16: where OpenVINO's bf16 runs natively (elsewhere it would emulate)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """AVX512-BF16 or AMX, as OpenVINO sees it: where its bf16 runs natively (elsewhere it would emulate)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def openvino_runner(path, threads, precision):
@@ -87,6 +87,10 @@ class TritonPythonModel:
         self.max_tokens = int(params.get("max_tokens_per_run", "16384"))
         self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
         self.vocab_size = int(params.get("vocab_size", "128256"))
+        self.tokens = pb_utils.MetricFamily(name="rerank_engine_tokens_total", kind=pb_utils.MetricFamily.COUNTER,
+                                            description="Tokens the CPU engine ran: useful (in the mask) or padded")
+        self.useful = self.tokens.Metric(labels={"kind": "useful"})
+        self.padded = self.tokens.Metric(labels={"kind": "padded"})
 
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
@@ -120,7 +124,10 @@ class TritonPythonModel:
         mask = np.concatenate([_left_pad(m, width, 0) for m in masks])
         lengths = mask.sum(axis=1)
         logits = np.empty((input_ids.shape[0], 1), dtype=np.float32)
-        for rows, run_width in rp.compact_runs(lengths, self.max_tokens):
+        runs = rp.compact_runs(lengths, self.max_tokens)
+        self.useful.increment(int(lengths.sum()))
+        self.padded.increment(sum(len(rows) * run_width for rows, run_width in runs))
+        for rows, run_width in runs:
             logits[rows] = self.run(np.ascontiguousarray(input_ids[rows, -run_width:], dtype=np.int32),
                                     np.ascontiguousarray(mask[rows, -run_width:], dtype=np.int32))
         return logits
