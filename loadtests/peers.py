@@ -137,7 +137,8 @@ class VllmRunner(Runner):
         self.model = str(view)
         self.proc = subprocess.Popen(
             [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(view), "--runner", "pooling",
-             "--dtype", "bfloat16" if precision == "bf16" else "float32", "--max-model-len", str(rp.DEFAULT_MAX_LENGTH), "--port", str(port),
+             "--dtype", "bfloat16" if precision == "bf16" else "float32",
+             "--max-model-len", str(rp.DEFAULT_MAX_LENGTH), "--port", str(port),
              "--host", "127.0.0.1",
              # On CPU this is the share of RAM vLLM reserves; its 0.92 default fails beside the other runners.
              "--gpu-memory-utilization", "0.3",

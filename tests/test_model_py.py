@@ -95,7 +95,7 @@ def test_engine_batches_requests_and_chunks_runs(tiny_repository, tiny_onnx_fp32
     for block, out in zip(blocks, outs):
         expected = session.run(None, {"input_ids": block, "attention_mask": np.ones_like(block)})[0]
         assert out.output_tensors["logits"].shape == (block.shape[0], 1)
-        np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-4)  # OpenVINO (default) vs ONNX Runtime
+        np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-4)  # OpenVINO vs ORT
 
 
 def test_engine_regroups_rows_by_true_length(tiny_repository, tiny_onnx_fp32, encoder):
@@ -110,7 +110,7 @@ def test_engine_regroups_rows_by_true_length(tiny_repository, tiny_onnx_fp32, en
                                               "attention_mask": batch.attention_mask})])[0]
     expected = ort_session(tiny_onnx_fp32).run(None, {"input_ids": batch.input_ids,
                                                       "attention_mask": batch.attention_mask})[0]
-    np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-4)  # OpenVINO (default) vs ONNX Runtime
+    np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-4)  # OpenVINO vs ORT
     runs = rp.compact_runs(batch.attention_mask.sum(1), max_tokens=16384)
     assert sum(len(r) * w for r, w in runs) < batch.input_ids.size / 4
     assert sorted(i for r, _ in runs for i in r) == list(range(len(rows)))

@@ -1,5 +1,5 @@
-"""CPU engine step: ONNX Runtime with the TensorRT engine's tensors (input_ids, attention_mask ->
-logits).
+"""CPU engine step: OpenVINO or ONNX Runtime with the TensorRT engine's tensors (input_ids,
+attention_mask -> logits).
 
 The dynamic batcher hands over several requests, each left-padded to its own length bucket (the
 inputs allow ragged batches, see config.pbtxt). All their rows are regrouped by true length
@@ -84,7 +84,7 @@ class TritonPythonModel:
             precision = "f32"
         self.run = (openvino_runner(path, threads, precision) if runtime == "openvino"
                     else onnxruntime_runner(path, threads))
-        self.max_tokens = int(params.get("max_tokens_per_run", "16384"))
+        self.max_tokens = int(params.get("max_tokens_per_run", "4096"))
         self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
         self.vocab_size = int(params.get("vocab_size", "128256"))
         self.tokens = pb_utils.MetricFamily(name="rerank_engine_tokens_total", kind=pb_utils.MetricFamily.COUNTER,
