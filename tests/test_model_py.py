@@ -17,8 +17,9 @@ from rerank_build.repository import parse_config
 QUERY = b"how much protein should a female eat?"
 
 
-def load_model(repo, name: str):
-    """Import ``repo/name/1/model.py`` as Triton would, and initialize it."""
+def load_model(repo, name: str, **replace):
+    """Import ``repo/name/1/model.py`` as Triton would, and initialize it (``replace``: module
+    attributes to swap before initialize, e.g. a hardware probe)."""
     version_dir = repo / name / "1"
     sys.modules["triton_python_backend_utils"] = pb
     sys.path.insert(0, str(version_dir))
@@ -28,6 +29,8 @@ def load_model(repo, name: str):
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(version_dir))
+    for attribute, value in replace.items():
+        setattr(module, attribute, value)
     config = parse_config((repo / name / "config.pbtxt").read_text(), name)
     model = module.TritonPythonModel()
     if hasattr(model, "initialize"):
