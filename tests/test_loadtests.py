@@ -94,10 +94,15 @@ def test_soak_growth_compares_floors():
 
 
 @pytest.mark.slow
-def test_soak_two_minutes(tiny_repository, tmp_path):
-    """The CI version of `make soak DURATION=10m`: real Locust at saturation, RSS sampled, pass criteria."""
-    code = soak.main(["--duration", "2m", "--repository", str(tiny_repository), "--reports", str(tmp_path),
-                      "--sample-s", "5"])
+def test_soak_three_minutes(tiny_repository, tmp_path):
+    """The CI version of `make soak DURATION=10m`: real Locust at saturation, RSS sampled, pass criteria.
+
+    Warm-up 60 s: OpenVINO prepares kernels per input shape and caches them (up to 5,000 shapes), so
+    the engine's RSS climbs while new shapes keep coming and slows after about a minute of this load
+    (measured: 437 MB at 30 s, 474 MB at 70 s, 476 MB at 120 s; a 3-minute run after 60 s: engine
+    +6.1 %, total +3.0 %)."""
+    code = soak.main(["--duration", "3m", "--repository", str(tiny_repository), "--reports", str(tmp_path),
+                      "--sample-s", "5", "--warmup-s", "60"])
     report = next(tmp_path.iterdir())
     text = (report / "report.md").read_text()
     print(text)
