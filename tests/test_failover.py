@@ -43,9 +43,12 @@ def served(replica) -> int:
 
 def test_one_replica_killed_under_load(tiny_repository, server, artifacts):
     order = expected_order(ensemble_answer(server, QUERY, PASSAGES)[0])
-    stack = ServingStack(tiny_repository, ServePorts(*free_ports(4)), log_dir=artifacts / "failover",
+    # One call, so that all ten ports differ (separate calls may hand out a port again: it happened,
+    # and both replicas reported their HTTP server on the same port).
+    ports = free_ports(10)
+    stack = ServingStack(tiny_repository, ServePorts(*ports[:4]), log_dir=artifacts / "failover",
                          gateway_args=["--no-access-log"], replicas=2,
-                         replica_port_list=[Ports(*free_ports(3)), Ports(*free_ports(3))])
+                         replica_port_list=[Ports(*ports[4:7]), Ports(*ports[7:10])])
     outcomes: dict[str, Counter] = {"rest": Counter(), "client": Counter()}
     wrong: list[str] = []
     stop = threading.Event()
