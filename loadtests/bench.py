@@ -144,18 +144,18 @@ def engine_tokens(metrics_url: str) -> tuple[int, int]:
 class Bench:
     """The workloads (requests, exact token counts, FLOPs) and the rows measured on them."""
 
-    def __init__(self, ckpt: Path, workloads: dict[str, list[Request]], levels: list[int]) -> None:
-        encoder = rp.PairEncoder(rp.load_tokenizer(str(ckpt)))
+    def __init__(self, encoder: rp.PairEncoder, config: Any, workloads: dict[str, list[Request]],
+                 levels: list[int]) -> None:
         self.workloads = workloads
         self.levels = levels
         self.counts = {name: [[len(ids) for ids in encoder.encode(r.query, r.passages, "END")] for r in reqs]
                        for name, reqs in workloads.items()}
+        # The timed requests' model FLOPs (the first request of each workload only warms up).
+        self.flops = {name: sum(model_flops(config, 1, n) for c in counts[1:] for n in c)
+                      for name, counts in self.counts.items()}
         self.rows: list[Row] = []
 
-    def flops(self, name: str, config: Any) -> float:
-        return sum(model_flops(config, 1, n) for c in self.counts[name][1:] for n in c)
-
-    def ours(self, server: Any, label: str, precision: str, config: Any) -> None:
+    def ours(self, server: Any, label: str, precision: str) -> None:
         import tritonclient.grpc as grpcclient
 
         stats = grpcclient.InferenceServerClient(server.grpc_url)
@@ -163,21 +163,20 @@ class Bench:
         metrics = f"http://{server.host}:{server.ports.metrics}/metrics"
         try:
             for name, requests in self.workloads.items():
+                runner.score(requests[0])  # warm-up (not timed, outside the counters)
                 for level in self.levels:
-                    runner.score(requests[0])  # warm-up outside the counters
                     before, tokens = read_stats(stats), engine_tokens(metrics)
                     seconds, latencies = run(runner, requests[1:], level)
                     engine = delta(read_stats(stats), before)["engine"]
                     useful, padded = (a - b for a, b in zip(engine_tokens(metrics), tokens))
                     self.add(Row(name, label, precision, level, seconds=seconds,
                                  latencies_ms=latencies, useful=useful, padded=padded,
-                                 engine_s=engine.execution_ns / 1e9), config)
+                                 engine_s=engine.execution_ns / 1e9))
         finally:
             runner.close()
             stats.close()
 
-    def peer(self, make: Callable[[], Runner], label: str, precision: str, config: Any,
-             levels: list[int] | None = None) -> None:
+    def peer(self, make: Callable[[], Runner], label: str, precision: str, levels: list[int] | None = None) -> None:
         try:
             runner = make()
         except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
@@ -193,13 +192,13 @@ class Bench:
                     useful, padded = map(sum, zip(*(runner.padding(r, c) for r, c in
                                                     zip(requests[1:], self.counts[name][1:]))))
                     self.add(Row(name, label, precision, level, seconds=seconds, latencies_ms=latencies,
-                                 useful=useful, padded=padded), config)
+                                 useful=useful, padded=padded))
         finally:
             runner.close()
 
-    def add(self, row: Row, config: Any) -> None:
+    def add(self, row: Row) -> None:
         row.pairs = sum(r.pairs for r in self.workloads[row.workload][1:])
-        row.flops = self.flops(row.workload, config)
+        row.flops = self.flops[row.workload]
         self.rows.append(row)
         logger.info("%s, %s %s, concurrency %d: %.1f pairs/s", row.workload, row.system, row.precision,
                     row.concurrency, row.rate)
@@ -363,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.reports) / time.strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     ckpt, onnx = prepare(preset, args.seed)
-    config = RerankerConfig.from_file(ckpt / "config.json")
     encoder = rp.PairEncoder(rp.load_tokenizer(str(ckpt)))
     workloads = {}
     for name in args.workloads.split(","):
@@ -373,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = WorkloadSpec(spec.seed, spec.passage_mix, QUICK_LONG_MIX)
         count = 1 + (n_quick if args.quick else n)  # one more: the warm-up request
         workloads[name] = short_requests(spec, count, encoder) if name == "short" else Workload(spec).take(count)
-    bench = Bench(ckpt, workloads, levels)
+    bench = Bench(encoder, RerankerConfig.from_file(ckpt / "config.json"), workloads, levels)
     peak = peaks(args.quick)
     logger.info("matmul peak: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s", peak["fp32"] / 1e9, peak["bf16"] / 1e9)
     view = llama_seqcls_view(ckpt, ROOT / "build" / "bench" / f"{preset}-seqcls")
@@ -382,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision in precisions:
         for engine, hint in OUR_ENGINES[precision]:
             with serving(preset, ckpt, onnx, out, engine, hint) as server:
-                bench.ours(server, f"ours (Triton, gRPC), {ENGINE_NAMES[engine]}", precision, config)
+                bench.ours(server, f"ours (Triton, gRPC), {ENGINE_NAMES[engine]}", precision)
         if args.no_peers:
             continue
         if vllm_python is None:
@@ -392,11 +390,11 @@ def main(argv: list[str] | None = None) -> int:
             from rerank_build.server import free_ports
 
             bench.peer(lambda: VllmRunner(vllm_python, view, free_ports(1)[0], out / f"vllm-{precision}.log",
-                                          precision=precision), "vLLM CPU (/classify)", precision, config)
+                                          precision=precision), "vLLM CPU (/classify)", precision)
         # An in-process library scores one batch at a time: more client threads only contend (measured:
         # no gain at 8), and at its speed a second pass would double the run's time.
         bench.peer(lambda: CrossEncoderRunner(view, precision=precision), "sentence-transformers CrossEncoder",
-                   precision, config, levels=levels[:1])
+                   precision, levels=levels[:1])
 
     lines = report(bench, peak, args, preset)
     if not args.no_peers:
