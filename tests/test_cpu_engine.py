@@ -54,6 +54,20 @@ def test_bf16_falls_back_to_f32_without_native_bf16(tiny_checkpoint, tiny_onnx_f
     np.testing.assert_allclose(fallback.output_tensors["logits"], reference.output_tensors["logits"], atol=1e-4)
 
 
+def test_openvino_shape_cache_is_bounded(tiny_checkpoint, tiny_onnx_fp32, tiny_repository, artifacts):
+    """OpenVINO's per-shape kernel cache (5,000 shapes by default) grew the engine's memory through the
+    10-minute soak; the repository bounds it, and the engine hands the bound to OpenVINO."""
+    config = (tiny_repository / "engine" / "config.pbtxt").read_text()
+    assert 'key: "shape_cache" value: { string_value: "500" }' in config
+    settings = RepositorySettings(**{**TEST_LIMITS, "openvino_shape_cache": 7})
+    repo = build_repository(tiny_checkpoint, artifacts / "repo-shape-cache", settings, onnx=tiny_onnx_fp32)
+    seen = []
+    load_model(repo, "engine", openvino_runner=lambda path, threads, precision, shape_cache: seen.append(shape_cache))
+    assert seen == [7]
+    with pytest.raises(RepositoryError, match="openvino_shape_cache must be at least 1"):
+        RepositorySettings(openvino_shape_cache=0)
+
+
 def test_bf16_needs_openvino():
     with pytest.raises(RepositoryError, match="bf16 needs cpu_engine openvino"):
         RepositorySettings(cpu_engine="onnxruntime", cpu_precision="bf16")

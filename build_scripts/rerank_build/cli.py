@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: OpenVINO's precision (bf16 where the CPU has AVX512-BF16/AMX)")
     p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")
     p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)
+    p.add_argument("--openvino-shape-cache", dest="openvino_shape_cache", type=int,
+                   help="cpu: input shapes whose prepared kernels OpenVINO keeps (bounds its memory; default 500)")
     p.add_argument("--gpus", type=_int_list, help="gpu: device ids, e.g. 0,1")
     p.add_argument("--instances-per-gpu", dest="instances_per_gpu", type=int)
     p.add_argument("--triton-release", help="gpu: serving Triton release, e.g. 25.06 (its TensorRT must match)")

@@ -69,6 +69,7 @@ class RepositorySettings:
     engine_instances: int = 1
     ort_threads: int = 0
     engine_tokens_per_run: int = 4096
+    openvino_shape_cache: int = 500  # OpenVINO's prepared-kernel cache, in input shapes (bounds its memory)
     # gpu target
     gpus: tuple[int, ...] = (0,)
     instances_per_gpu: int = 1
@@ -88,7 +89,7 @@ class RepositorySettings:
             problems.append(f"ensemble name {self.ensemble_name!r} collides with a composing model")
         for name in ("max_rows", "max_sequence_length", "max_request_tokens", "max_request_bytes", "tokenizer_instances",
                      "postprocess_instances", "engine_max_batch_size", "engine_instances", "instances_per_gpu",
-                     "engine_tokens_per_run"):
+                     "engine_tokens_per_run", "openvino_shape_cache"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if min(self.max_queue_delay_us, self.ort_threads, self.max_queue_size, self.admission_passages) < 0:
