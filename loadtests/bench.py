@@ -15,7 +15,7 @@ the same run for fp32 and bf16. Then the overhead scenario (tiny preset, 64 shor
 client in series). Writes ``build/reports/bench-<time>/bench.md`` and, unless --no-docs,
 ``docs/benchmarks.md``.
 
-    python -m loadtests.bench            # small preset, everything (about 25 minutes on 2 cores)
+    python -m loadtests.bench            # small preset, everything (about 30 minutes on 2 cores)
     python -m loadtests.bench --quick    # tiny preset, few requests, no vLLM (CI)
 """
 

@@ -11,8 +11,8 @@ is in --allow-failures) and the total RSS grew by less than --max-growth after t
 compares floors: the lowest of the last three samples against the lowest of the first three after
 warm-up. The engine's memory rises and falls with the shape of each run (a long run takes hundreds
 of MB and gives them back), so single samples swing; a leak raises the floor. OpenVINO (the default
-CPU engine) also caches kernels per input shape (up to 5,000 shapes): its RSS climbs while new shapes
-arrive, for about a minute at saturation, then levels off; give short runs a warm-up of 60 s.
+CPU engine) also caches kernels per input shape (up to `openvino_shape_cache`, 500): its RSS climbs
+while new shapes arrive and levels off as the cache fills; give short runs a warm-up of 60 s.
 
     python -m loadtests.soak --duration 10m --repository build/model_repository
 """

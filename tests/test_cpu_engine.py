@@ -14,6 +14,11 @@ from rerank_build.parity import default_cases, endpoint_scorer, reference_scorer
 from rerank_build.repository import RepositoryError, RepositorySettings, build_repository
 
 
+# Two left-padded rows, as the tokenizer sends them.
+IDS = np.array([[0, 0, 128000, 10, 20, 30], [128000, 5, 6, 7, 8, 9]], dtype=np.int32)
+MASK = (np.arange(6) >= np.array([[2], [0]])).astype(np.int32)
+
+
 @pytest.fixture(scope="module")
 def onnxruntime_repository(tiny_checkpoint, tiny_onnx_fp32, artifacts):
     settings = RepositorySettings(**{**TEST_LIMITS, "cpu_engine": "onnxruntime"})
@@ -27,12 +32,10 @@ def test_default_engine_is_openvino_f32(tiny_repository):
 
 
 def test_openvino_engine_step_matches_onnxruntime(onnxruntime_repository, tiny_repository):
-    ids = np.array([[0, 0, 128000, 10, 20, 30], [128000, 5, 6, 7, 8, 9]], dtype=np.int32)
-    mask = (np.arange(6) >= np.array([[2], [0]])).astype(np.int32)
     outputs = []
     for repo in (tiny_repository, onnxruntime_repository):
         engine = load_model(repo, "engine")
-        out = engine.execute([pb.InferenceRequest({"input_ids": ids, "attention_mask": mask})])[0]
+        out = engine.execute([pb.InferenceRequest({"input_ids": IDS, "attention_mask": MASK})])[0]
         assert out.error is None
         outputs.append(out.output_tensors["logits"])
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
@@ -43,14 +46,12 @@ def test_bf16_falls_back_to_f32_without_native_bf16(tiny_checkpoint, tiny_onnx_f
     """A CPU without AVX512-BF16/AMX would emulate bf16 slowly: the engine warns and computes in f32."""
     settings = RepositorySettings(**{**TEST_LIMITS, "cpu_engine": "openvino", "cpu_precision": "bf16"})
     repo = build_repository(tiny_checkpoint, artifacts / "repo-bf16-fallback", settings, onnx=tiny_onnx_fp32)
-    ids = np.array([[0, 0, 128000, 10, 20, 30], [128000, 5, 6, 7, 8, 9]], dtype=np.int32)
-    mask = (np.arange(6) >= np.array([[2], [0]])).astype(np.int32)
     with caplog.at_level("WARNING"):
         engine = load_model(repo, "engine", cpu_has_bf16=lambda: False)
     assert "no AVX512-BF16/AMX; running OpenVINO in f32" in caplog.text
-    fallback = engine.execute([pb.InferenceRequest({"input_ids": ids, "attention_mask": mask})])[0]
+    fallback = engine.execute([pb.InferenceRequest({"input_ids": IDS, "attention_mask": MASK})])[0]
     reference = load_model(onnxruntime_repository, "engine").execute(
-        [pb.InferenceRequest({"input_ids": ids, "attention_mask": mask})])[0]
+        [pb.InferenceRequest({"input_ids": IDS, "attention_mask": MASK})])[0]
     np.testing.assert_allclose(fallback.output_tensors["logits"], reference.output_tensors["logits"], atol=1e-4)
 
 

@@ -64,7 +64,7 @@ class RepositorySettings:
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
     admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
-    cpu_engine: str = "openvino"  # or onnxruntime (1.3-1.6x slower on long pairs; docs/cpu_engine.md)
+    cpu_engine: str = "openvino"  # or onnxruntime (1.3-1.6x slower on mixed and long pairs; docs/cpu_engine.md)
     cpu_precision: str = "f32"  # OpenVINO's inference precision: f32 or bf16
     engine_instances: int = 1
     ort_threads: int = 0
