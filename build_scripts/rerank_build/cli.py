@@ -52,19 +52,49 @@ def _cmd_repository(args: argparse.Namespace) -> int:
     settings = RepositorySettings(**overrides)
     print(build_repository(args.checkpoint, args.out, settings, onnx=args.onnx, engine=args.engine,
                            force=args.force, reuse=args.reuse, triton_release=args.triton_release,
-                           serving_tensorrt=args.serving_tensorrt))
+                           serving_tensorrt=args.serving_tensorrt, gpu_memory_gib=args.gpu_memory_gib))
     return 0
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
     from rerank_contract.prompt import DEFAULT_BUCKETS
 
+    buckets = args.buckets or DEFAULT_BUCKETS
+    if args.plan_only:
+        import json
+
+        from .engine_plan import engine_plan, model_config
+
+        if args.onnx and args.preset:
+            raise ValueError("--plan-only takes --onnx or --preset, not both")
+        config, source = model_config(args.onnx, args.preset)
+        print(json.dumps(engine_plan(config, source, args.precision, buckets, args.max_batch,
+                                     args.max_tokens_per_execution, args.opt_tokens, args.buckets_per_profile,
+                                     args.workspace_gib, args.instances_per_gpu), indent=2))
+        return 0
+    if not args.onnx or not args.out or args.preset:
+        raise ValueError("building an engine needs --onnx and --out (--preset is for --plan-only)")
     from .engine_build import build_engine
 
-    print(build_engine(args.onnx, args.out, precision=args.precision, buckets=args.buckets or DEFAULT_BUCKETS,
+    print(build_engine(args.onnx, args.out, precision=args.precision, buckets=buckets,
                        max_batch=args.max_batch, opt_tokens=args.opt_tokens,
                        buckets_per_profile=args.buckets_per_profile, workspace_gib=args.workspace_gib,
-                       timing_cache=args.timing_cache, seed=args.seed))
+                       timing_cache=args.timing_cache, seed=args.seed, max_tokens=args.max_tokens_per_execution))
+    return 0
+
+
+def _cmd_engine_key(args: argparse.Namespace) -> int:
+    from .engine_meta import engine_key, gpu_description
+
+    version = args.tensorrt
+    if not version:
+        import tensorrt
+
+        version = tensorrt.__version__
+    gpu = args.gpu_name or gpu_description()["name"]
+    if gpu == "unknown":
+        raise ValueError("no GPU visible (nvidia-smi): pass --gpu-name")
+    print(engine_key(gpu, version, args.precision))
     return 0
 
 
@@ -185,19 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: input shapes whose prepared kernels OpenVINO keeps (bounds its memory; default 500)")
     p.add_argument("--gpus", type=_int_list, help="gpu: device ids, e.g. 0,1")
     p.add_argument("--instances-per-gpu", dest="instances_per_gpu", type=int)
+    p.add_argument("--gpu-memory-gib", dest="gpu_memory_gib", type=float,
+                   help="gpu: the serving GPU's memory (default: what the engine build recorded); the deployment "
+                        "must fit it")
     p.add_argument("--triton-release", help="gpu: serving Triton release, e.g. 25.06 (its TensorRT must match)")
     p.add_argument("--serving-tensorrt", help="gpu: TensorRT version of the serving container, e.g. 10.11.0")
     p.set_defaults(func=_cmd_repository)
 
-    p = sub.add_parser("engine", help="build a TensorRT engine (inside NVIDIA's TensorRT container, on a GPU)")
-    p.add_argument("--onnx", required=True, help="model.onnx exported with the dtype the precision needs")
+    p = sub.add_parser("engine", help="build a TensorRT engine (inside NVIDIA's TensorRT container, on a GPU); "
+                                      "--plan-only: print its profiles and memory plan (no TensorRT needed)")
+    p.add_argument("--onnx", help="model.onnx exported with the dtype the precision needs")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp8"], default="fp16")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--plan-only", action="store_true",
+                   help="print the profiles, token budget and device memory of the default deployment as JSON; "
+                        "needs neither TensorRT nor weights (dimensions from --onnx's config.json or --preset)")
+    p.add_argument("--preset", choices=["tiny", "small", "full"], help="--plan-only: the model's size (default full)")
+    p.add_argument("--instances-per-gpu", type=int, default=1, help="--plan-only: engine instances per GPU")
     p.add_argument("--buckets", type=_int_list, default=None, help="tokenizer length buckets (default 64..8192)")
     p.add_argument("--max-batch", type=int, default=64, help="rows per execution (Triton max_batch_size)")
+    p.add_argument("--max-tokens-per-execution", type=int, default=131072,
+                   help="token budget of one execution (rows x padded width): caps each profile")
     p.add_argument("--opt-tokens", type=int, default=16384, help="tokens per execution TensorRT tunes for")
     p.add_argument("--buckets-per-profile", type=int, default=2)
-    p.add_argument("--workspace-gib", type=float, default=8.0)
+    p.add_argument("--workspace-gib", type=float, default=1.0,
+                   help="tactic scratch limit; every execution context may use up to this much")
     p.add_argument("--timing-cache", help="persistent timing cache (default OUT/timing.cache)")
     p.add_argument("--seed", type=int, default=0, help="fp8 calibration text seed")
     p.set_defaults(func=_cmd_engine)
@@ -216,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default="/models/repository")
     p.add_argument("--tensorrt", help="the serving TensorRT version (default: this Python's tensorrt)")
     p.set_defaults(func=_cmd_check_engine)
+
+    p = sub.add_parser("engine-key", help="print the engine volume's key for this node: <GPU product>/trt-X.Y.Z/"
+                                          "<precision> (the engine Job writes there, the Triton pods mount it)")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp8"], required=True)
+    p.add_argument("--tensorrt", help="TensorRT version (default: this Python's tensorrt); 4 fields are cut to X.Y.Z")
+    p.add_argument("--gpu-name", help="GPU product name (default: GPU 0 from nvidia-smi)")
+    p.set_defaults(func=_cmd_engine_key)
 
     p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
     p.add_argument("--repository", default="build/model_repository")

@@ -72,7 +72,7 @@ class RepositorySettings:
     openvino_shape_cache: int = 500  # OpenVINO's prepared-kernel cache, in input shapes (bounds its memory)
     # gpu target
     gpus: tuple[int, ...] = (0,)
-    instances_per_gpu: int = 1
+    instances_per_gpu: int = 1  # fits an 80 GB GPU with the full model (2 do by estimate; docs/gpu.md, "Memory")
 
     def __post_init__(self) -> None:
         problems = []
@@ -148,6 +148,20 @@ class RepositorySettings:
         values.pop("gpus")
         values.pop("max_queue_size")
         return values
+
+
+def gpu_batching_values(meta: dict[str, Any], settings: RepositorySettings) -> dict[str, str]:
+    """The GPU engine's batching: the strategy's limits from the engine's profiles, and every batch
+    size preferred (with no queue delay, in the template), so that Triton never grows a batch past
+    what the strategy admitted (docs/gpu.md, "Batches that fit a profile")."""
+    from .profiles import Profile, rows_by_width
+
+    profiles = [Profile.from_dict(p) for p in meta["profiles"]]
+    return {
+        "engine_batch_sizes": ", ".join(str(n) for n in range(1, settings.engine_max_batch_size + 1)),
+        "max_tokens_per_execution": str(meta["max_tokens_per_execution"]),
+        "rows_by_width": rows_by_width(profiles),
+    }
 
 
 def instance_groups(gpus: tuple[int, ...], per_gpu: int, profiles: tuple[int, ...]) -> str:
@@ -247,7 +261,7 @@ def _templates_digest() -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     for path in sorted(TEMPLATES.rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".pbtxt"):
+        if path.is_file() and path.suffix in (".py", ".pbtxt", ".c"):
             digest.update(path.relative_to(TEMPLATES).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -271,11 +285,13 @@ def build_repository(
     reuse: bool = False,
     triton_release: str | None = None,
     serving_tensorrt: str | None = None,
+    gpu_memory_gib: float | None = None,
 ) -> Path:
     """Write a complete repository under ``out``; returns ``out``.
 
     gpu: ``triton_release`` / ``serving_tensorrt`` name the serving container's TensorRT, which must be
-    the one the engine was built with.
+    the one the engine was built with; ``gpu_memory_gib`` overrides the GPU memory the build recorded
+    (the deployment must fit it).
     """
     from .checkpoint import resolve_checkpoint
 
@@ -295,8 +311,10 @@ def build_repository(
         from .engine_meta import check_engine_for_repository
 
         gpu_meta = check_engine_for_repository(Path(engine), settings, triton_release,  # type: ignore[arg-type]
-                                               serving_tensorrt)
+                                               serving_tensorrt, gpu_memory_gib)
     values = settings.template_values(len(gpu_meta["profiles"]) if gpu_meta else 1)
+    if gpu_meta:
+        values.update(gpu_batching_values(gpu_meta, settings))
     values["vocab_size"] = str(RerankerConfig.from_file(ckpt_dir).vocab_size)
     _prepare_out(out, force)
 
@@ -309,8 +327,11 @@ def build_repository(
         copy_contract(engine_dir)
         _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
     else:
+        from .batch_strategy import compile_strategy
+
         _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
         (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
+        compile_strategy(engine_dir.parent)
 
     _write_model(out, "postprocess", "postprocess", values)
     _write_model(out, settings.ensemble_name, "ensemble", values)
