@@ -61,6 +61,30 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert "Parity, fp32 on cpu" in report and ": PASS" in report
 
 
+def test_gpu_check_lists_what_it_misses_first(tmp_path):
+    """Asked for a CUDA run where torch has no CUDA (this machine), it stops at once and says what is
+    missing, instead of failing halfway through."""
+    env = dict(os.environ, OUT=str(tmp_path), DEVICE="cuda", PRESET="tiny", QUICK="1", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "missing requirements" in done.stderr
+    assert "a CUDA build of torch and a visible GPU for DEVICE=cuda" in done.stderr
+    assert not (tmp_path / "gpu_check.md").exists()
+    header = (ROOT / "scripts" / "gpu_check.sh").read_text().split("set -euo pipefail")[0]
+    assert "What this script itself needs" in header and "C compiler" in header
+
+
+def test_build_image_brings_no_second_cuda():
+    """The build image's torch is the CPU build (the reference runs on the CPU); the engine tools use the
+    TensorRT container's own CUDA runtime, never torch's, so no CUDA version can mismatch."""
+    text = (ROOT / "docker" / "Dockerfile.build").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text and "torch.version.cuda is None" in text
+    assert "gcc" in text, "the GPU repository compiles its batching strategy"
+    for module in ("engine_runner.py", "engine_build.py", "cudart.py"):
+        source = (ROOT / "build_scripts" / "rerank_build" / module).read_text()
+        assert "import torch" not in source, f"{module} must not need torch"
+
+
 def test_gateway_image_holds_only_the_light_packages():
     text = (ROOT / "docker" / "Dockerfile.gateway").read_text()
     assert "-c requirements.lock ./contract ./client ./gateway" in text
