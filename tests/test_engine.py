@@ -262,3 +262,41 @@ def test_engine_key_is_x_y_z_for_the_job_and_the_pods():
     done = subprocess.run([CLI, "engine-key", "--precision", "fp8", "--tensorrt", "ten", "--gpu-name", "x"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "not a TensorRT version" in done.stderr
+
+
+def test_gpu_onnx_target_needs_no_engine(tmp_path, tiny_checkpoint, tiny_onnx_fp16, tiny_onnx_fp32):
+    """NIM's fallback: the fp16 ONNX in Triton's ONNX Runtime backend on CUDA, a config that parses into
+    Triton's ModelConfig, the same batching strategy, and requests sized to fit one execution."""
+    done = subprocess.run([CLI, "repository", "--checkpoint", str(tiny_checkpoint), "--target", "gpu-onnx", "--onnx",
+                           str(tiny_onnx_fp16), "--gpus", "0,1", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    repo = tmp_path / "r"
+    config = parse_config((repo / "engine" / "config.pbtxt").read_text(), "engine")
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
+    from tritonclient.grpc import model_config_pb2
+
+    gpu = model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert [(g.kind, list(g.gpus), list(g.profile)) for g in config.instance_group] == [(gpu, [0], []), (gpu, [1], [])]
+    cuda = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert cuda.name == "cuda" and dict(cuda.parameters) == {"arena_extend_strategy": "1"}
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+    assert (repo / "engine" / "batchstrategy.so").is_file() and (repo / "engine" / "1" / "model.onnx").is_file()
+    tokenizer = parse_config((repo / "tokenizer" / "config.pbtxt").read_text(), "tokenizer")
+    rows = dict(item.split(":") for item in config.parameters["batch_rows_by_width"].string_value.split(","))
+    assert rows["8192"] == "8" and rows["4096"] == "32" and rows["2048"] == "64", "tiny: the attention caps 4096+"
+    assert tokenizer.parameters["max_tokens_per_request"].string_value == "65536", "8 rows of 8192 fit one execution"
+    done = subprocess.run([CLI, "repository", "--checkpoint", str(tiny_checkpoint), "--target", "gpu-onnx", "--onnx",
+                           str(tiny_onnx_fp32), "--out", str(tmp_path / "fp32")], capture_output=True, text=True)
+    assert done.returncode == 2 and "serves the fp16 export" in done.stderr
+
+
+def test_gpu_onnx_batches_fit_the_unfused_attention():
+    from rerank_build.config import preset
+    from rerank_build.onnx_gpu import attention_bytes_per_row, plan_batches, request_tokens
+
+    full = preset("full")
+    batches = plan_batches(full, DEFAULT_BUCKETS, 64)
+    assert [p.max for p in batches][-3:] == [(16, 2048), (4, 4096), (1, 8192)]
+    assert all(p.max[0] * attention_bytes_per_row(full, p.max[1]) <= 16 * (1 << 30) for p in batches)
+    assert request_tokens(batches, 64) == 8192

@@ -49,11 +49,28 @@ def _cmd_repository(args: argparse.Namespace) -> int:
         from .engine_meta import gpu_defaults
 
         overrides = {**gpu_defaults(args.engine), **overrides}  # the engine's shapes unless set explicitly
+    if args.target == "gpu-onnx":
+        overrides = {**_onnx_gpu_defaults(args.checkpoint, overrides), **overrides}
     settings = RepositorySettings(**overrides)
     print(build_repository(args.checkpoint, args.out, settings, onnx=args.onnx, engine=args.engine,
                            force=args.force, reuse=args.reuse, triton_release=args.triton_release,
                            serving_tensorrt=args.serving_tensorrt, gpu_memory_gib=args.gpu_memory_gib))
     return 0
+
+
+def _onnx_gpu_defaults(checkpoint: str, overrides: dict) -> dict:
+    """gpu-onnx: 64 rows per request and execution, and as many tokens per request as one execution
+    of the longest bucket holds (every accepted request then fits one execution)."""
+    from .checkpoint import resolve_checkpoint
+    from .config import RerankerConfig
+    from .onnx_gpu import onnx_gpu_defaults, plan_batches, request_tokens
+    from .repository import RepositorySettings
+
+    defaults = onnx_gpu_defaults()
+    shaped = RepositorySettings(**{**defaults, **overrides, "target": "gpu-onnx", "max_request_tokens": 1 << 30})
+    batches = plan_batches(RerankerConfig.from_file(resolve_checkpoint(checkpoint)), shaped.served_buckets,
+                           shaped.engine_max_batch_size)
+    return {**defaults, "max_request_tokens": request_tokens(batches, shaped.max_rows)}
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
@@ -182,9 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repository", help="assemble a deployable Triton model repository")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
-    p.add_argument("--target", choices=["cpu", "gpu"], required=True)
+    p.add_argument("--target", choices=["cpu", "gpu", "gpu-onnx"], required=True,
+                   help="cpu: ONNX on OpenVINO/ONNX Runtime; gpu: a TensorRT engine; gpu-onnx: the fp16 ONNX in "
+                        "Triton's ONNX Runtime backend on CUDA (no engine build)")
     p.add_argument("--out", type=Path, default=Path("build/model_repository"))
-    p.add_argument("--onnx", help="cpu: an exported model.onnx (default: export fp32 from the checkpoint)")
+    p.add_argument("--onnx", help="cpu: an exported model.onnx (default: export fp32 from the checkpoint); gpu-onnx: "
+                                  "the fp16 export")
     p.add_argument("--engine", help="gpu: a TensorRT plan built by `rerank-build engine`")
     p.add_argument("--force", action="store_true", help="replace OUT even if rerank-build did not write it")
     p.add_argument("--reuse", action="store_true", help="keep OUT when built from the same sources and settings")

@@ -29,9 +29,9 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 MARKER = ".rerank-repository.json"
-TARGETS = ("cpu", "gpu")
+TARGETS = ("cpu", "gpu", "gpu-onnx")
 CPU_ENGINES = ("onnxruntime", "openvino")
-ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt"}
+ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
 CONTRACT = "rerank_contract"
@@ -164,12 +164,25 @@ def gpu_batching_values(meta: dict[str, Any], settings: RepositorySettings) -> d
     }
 
 
+def _onnx_gpu_values(ckpt_dir: Path, onnx: Path, settings: RepositorySettings) -> dict[str, str]:
+    from .onnx_gpu import check_onnx, onnx_gpu_values
+
+    try:
+        check_onnx(onnx)
+    except ValueError as exc:
+        raise RepositoryError(str(exc)) from None
+    values, problems = onnx_gpu_values(RerankerConfig.from_file(ckpt_dir), settings)
+    if problems:
+        raise RepositoryError("the gpu-onnx engine cannot serve these settings: " + "; ".join(problems))
+    values["instance_groups"] = instance_groups(settings.gpus, settings.instances_per_gpu, ())
+    return values
+
+
 def instance_groups(gpus: tuple[int, ...], per_gpu: int, profiles: tuple[int, ...]) -> str:
-    """One KIND_GPU group per device; every group lists every profile (else only profile 0 is used)."""
-    listed = ", ".join(f'"{p}"' for p in profiles)
-    return ",\n".join(
-        f"  {{ count: {per_gpu} kind: KIND_GPU gpus: [ {gpu} ] profile: [ {listed} ] }}" for gpu in gpus
-    )
+    """One KIND_GPU group per device; every group lists every TensorRT profile (else only profile 0 is
+    used); none for ONNX Runtime."""
+    listed = " profile: [ " + ", ".join(f'"{p}"' for p in profiles) + " ]" if profiles else ""
+    return ",\n".join(f"  {{ count: {per_gpu} kind: KIND_GPU gpus: [ {gpu} ]{listed} }}" for gpu in gpus)
 
 
 def fill(template: str, values: dict[str, str], source: str = "template") -> str:
@@ -304,8 +317,10 @@ def build_repository(
         return out
     if settings.target == "gpu" and not engine:
         raise RepositoryError("the gpu target needs --engine (a TensorRT plan built by `rerank-build engine`)")
-    if settings.target == "cpu" and engine:
-        raise RepositoryError("--engine is a TensorRT plan, for --target gpu; the cpu target serves ONNX")
+    if settings.target != "gpu" and engine:
+        raise RepositoryError(f"--engine is a TensorRT plan, for --target gpu; the {settings.target} target serves ONNX")
+    if settings.target == "gpu-onnx" and not onnx:
+        raise RepositoryError("the gpu-onnx target needs --onnx (the fp16 export: `rerank-build export-onnx --dtype fp16`)")
     gpu_meta = None
     if settings.target == "gpu":
         from .engine_meta import check_engine_for_repository
@@ -315,6 +330,8 @@ def build_repository(
     values = settings.template_values(len(gpu_meta["profiles"]) if gpu_meta else 1)
     if gpu_meta:
         values.update(gpu_batching_values(gpu_meta, settings))
+    if settings.target == "gpu-onnx":
+        values.update(_onnx_gpu_values(ckpt_dir, Path(onnx), settings))  # type: ignore[arg-type]
     values["vocab_size"] = str(RerankerConfig.from_file(ckpt_dir).vocab_size)
     _prepare_out(out, force)
 
@@ -326,6 +343,11 @@ def build_repository(
     if settings.target == "cpu":
         copy_contract(engine_dir)
         _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
+    elif settings.target == "gpu-onnx":
+        from .batch_strategy import compile_strategy
+
+        _place_onnx(ckpt_dir, Path(onnx), engine_dir)  # type: ignore[arg-type]
+        compile_strategy(engine_dir.parent)
     else:
         from .batch_strategy import compile_strategy
 
