@@ -180,7 +180,8 @@ def test_attention_stays_in_the_bmm_dtype(request, variant, elem_type):
         "num_hidden_layers"]
     consumers = {name: n for n in model.graph.node for name in n.input}
     for bmm1, between, softmax in attentions:
-        assert [n.op_type for n in between] == ["Add"], f"only the mask add between Q·Kᵀ and Softmax, not {[n.op_type for n in between]}"
+        ops = [n.op_type for n in between]
+        assert ops == ["Add"], f"only the mask add between Q·Kᵀ and Softmax, not {ops}"
         add = between[0]
         assert {types[name] for name in add.input} == {elem_type}, "the mask is added in the BMM dtype"
         assert types[bmm1.output[0]] == types[softmax.input[0]] == types[softmax.output[0]] == elem_type

@@ -68,8 +68,8 @@ def test_fp8_graph_keeps_the_fp32_islands(tiny_onnx_fp16, tiny_fp8):
     layers = before.graph.initializer
     assert len(sites) == len(LINEAR_WEIGHTS) * sum(1 for i in layers if i.name.endswith("q_proj.weight"))
     # Nothing but the Q/DQ pairs and the weights' folded Transposes changes: RMSNorm's Pow/ReduceMean,
-    # softmax, pooling and the head keep their fp32 casts (a generic quantizer took 34 Casts down to 4
-    # and gave NaN). Opset 18 turned ReduceMean's axes into an input, so the converter adds one
+    # pooling and the head keep their fp32 casts (a generic quantizer took 34 Casts down to 4 and gave
+    # NaN). Opset 18 turned ReduceMean's axes into an input, so the converter adds one
     # Constant per ReduceMean.
     added = {"QuantizeLinear", "DequantizeLinear", "Constant", "Transpose"}
     assert {k: v for k, v in ops_after.items() if k not in added} == {k: v for k, v in ops_before.items()
@@ -113,7 +113,8 @@ def test_weight_quantizers_read_their_initializers(tiny_onnx_fp16, tiny_fp8):
     old = {i.name: numpy_helper.to_array(i) for i in before.graph.initializer}
     inits = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
     produced = {out: n for n in after.graph.node for out in n.output}
-    weights = [n for n in after.graph.node if n.op_type == "MatMul" and produced[n.input[1]].op_type == "DequantizeLinear"]
+    weights = [n for n in after.graph.node
+               if n.op_type == "MatMul" and produced[n.input[1]].op_type == "DequantizeLinear"]
     assert len(weights) == len(linear_sites(before))
     assert not [n for n in after.graph.node if n.op_type == "Transpose" and n.input[0] in old], "no weight Transpose"
     for matmul in weights:

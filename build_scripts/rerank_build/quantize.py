@@ -217,7 +217,8 @@ def insert_qdq(model: Any, sites: list[Site], activation_amax: dict[str, float],
         scale_name, zero = f"{base}_fp8_scale", zero_point(tuple(scale.shape))
         new_inits.append(numpy_helper.from_array(scale, scale_name))
         quantized, dequantized = f"{base}_fp8_q", f"{base}_fp8_dq"
-        nodes = [helper.make_node("QuantizeLinear", [tensor, scale_name, zero], [quantized], name=f"{base}_QuantizeLinear"),
+        nodes = [helper.make_node("QuantizeLinear", [tensor, scale_name, zero], [quantized],
+                                  name=f"{base}_QuantizeLinear"),
                  helper.make_node("DequantizeLinear", [quantized, scale_name, zero], [dequantized],
                                   name=f"{base}_DequantizeLinear")]
         if axis is not None:
