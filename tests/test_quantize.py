@@ -145,8 +145,14 @@ def test_fp8_scores_are_finite_and_within_the_documented_tolerance(tiny_checkpoi
 
 def test_quantize_cli_and_its_refusals(tiny_onnx_fp16, tiny_onnx_fp32, tmp_path):
     done = subprocess.run([CLI, "quantize", "--precision", "fp8", "--onnx", str(tiny_onnx_fp16), "--out",
-                           str(tmp_path / "q"), "--calibration-pairs", "16"], capture_output=True, text=True)
+                           str(tmp_path / "q"), "--calibration-pairs", "16", "--calibration-long-rows", "",
+                           "--weight-scales", "tensor"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "q" / "model.onnx").is_file() and (tmp_path / "q" / "tokenizer.json").is_file()
+    meta = json.loads((tmp_path / "q" / "quantize_meta.json").read_text())
+    assert meta["weight_scales"] == "per tensor" and meta["calibration_max_row_tokens"] == [256]
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    scales = [i for i in model.graph.initializer if i.name.endswith("_fp8_scale")]
+    assert scales and all(list(i.dims) == [] for i in scales), "--weight-scales tensor: every scale a scalar"
     with pytest.raises(QuantizeError, match="no fp16 weights"):
         quantize_fp8(tiny_onnx_fp32, tmp_path / "bad", [])

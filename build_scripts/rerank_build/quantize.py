@@ -316,7 +316,7 @@ def quantize_fp8(onnx_path: str | Path, out_dir: str | Path, feeds: list[dict[st
         "activation_scales": "per tensor",
         "source": str(src), "opset": FP8_OPSET, "ir_version": FP8_IR_VERSION, "linear_layers": len(sites),
         "qdq_nodes": pairs, "calibration_batches": len(feeds),
-        "calibration_rows": sum(len(f["input_ids"]) for f in feeds), "calibration_row_tokens": lengths,
+        "calibration_rows": sum(len(f["input_ids"]) for f in feeds), "calibration_max_row_tokens": lengths,
         "activation_amax": activation_amax, "weight_amax": weight_amax,
         "seconds": round(time.perf_counter() - started, 1),
     }
