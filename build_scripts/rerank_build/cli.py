@@ -116,11 +116,12 @@ def _cmd_engine_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import calibration_feeds, quantize_fp8
+    from .quantize import LONG_ROW_TOKENS, calibration_feeds, quantize_fp8
 
     onnx_path = Path(args.onnx)
-    feeds = calibration_feeds(onnx_path.parent, n_pairs=args.calibration_pairs, seed=args.seed)
-    print(quantize_fp8(onnx_path, args.out, feeds))
+    long_rows = LONG_ROW_TOKENS if args.calibration_long_rows is None else args.calibration_long_rows
+    feeds = calibration_feeds(onnx_path.parent, n_pairs=args.calibration_pairs, seed=args.seed, long_rows=long_rows)
+    print(quantize_fp8(onnx_path, args.out, feeds, per_channel=args.weight_scales == "channel"))
     return 0
 
 
@@ -269,7 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --dtype fp16)")
     p.add_argument("--precision", choices=["fp8"], default="fp8")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/model.onnx and OUT/quantize_meta.json")
-    p.add_argument("--calibration-pairs", type=int, default=64)
+    p.add_argument("--calibration-pairs", type=int, default=64, help="short calibration pairs (<= 256 tokens)")
+    p.add_argument("--calibration-long-rows", type=_int_list,
+                   help="lengths of the long calibration rows, one row each (default 2048,4096,8192; '' for none)")
+    p.add_argument("--weight-scales", choices=["channel", "tensor"], default="channel",
+                   help="FP8 weight scales per output channel (TensorRT >= 10.6 on Hopper, 10.7 on Ada) or per tensor")
     p.add_argument("--seed", type=int, default=0, help="calibration text seed")
     p.set_defaults(func=_cmd_quantize)
 
