@@ -3,7 +3,8 @@
 Real code against the TensorRT Python API (10.x), imported lazily: it runs inside NVIDIA's TensorRT
 container on a GPU host (TensorRT cannot be installed on our CPU machines or in CI). Precision comes
 from the ONNX for strongly typed networks (TensorRT 10; mandatory from 10.12 and in 11): export fp16
-or bf16 ONNX, whose RMSNorm, softmax, pooling and head are already fp32. ``fp8`` first quantizes the
+or bf16 ONNX, whose RMSNorm, pooling and head are already fp32 (attention's scale, mask add and softmax
+stay in the matmul dtype, the form TensorRT fuses). ``fp8`` first quantizes the
 fp16 ONNX with :mod:`rerank_build.quantize` (FP8 Q/DQ on the linear layers only, calibrated on seeded
 text; the same graph whose accuracy ONNX Runtime measures on CPU).
 Profiles are planned from the buckets and a token budget per execution (:mod:`rerank_build.profiles`);

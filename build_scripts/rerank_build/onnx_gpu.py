@@ -3,8 +3,9 @@ prebuilt engine): the fp16 ONNX export in Triton's ONNX Runtime backend with the
 provider (``model_repository/engine_onnxruntime``).
 
 ONNX Runtime does not fuse this graph's attention (only its RMSNorms; docs/cpu_engine.md), so each
-execution materialises [rows, heads, width, width] scores, in fp32 around the softmax: 16 GiB for one
-row of 8,192 tokens on the full model. The batching strategy therefore caps each execution by rows,
+execution materialises [rows, heads, width, width] scores (estimated at eight bytes per score, an
+upper bound for the fp16 export's three fp16 copies): 16 GiB for one row of 8,192 tokens on the
+full model. The batching strategy therefore caps each execution by rows,
 by tokens and by that attention memory (``attention_gib``), and one request must fit one execution,
 which sets the published tokens per request (8,192 on the full model: clients and the gateway split
 larger requests, and the batcher merges short ones back up to 64 rows).
