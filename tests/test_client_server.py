@@ -282,6 +282,23 @@ def test_no_leaked_threads_or_connections(server, protocol, many_passages):
     assert socket_count() <= sockets
 
 
+def test_threads_that_come_and_go_leave_no_connections_behind(server, protocol):
+    """One client shared by threads that each make a call and end (a web server's request threads): it
+    holds one channel (gRPC) or one connection per pool thread (HTTP), never one per caller thread."""
+    expected = [int(i) for i in np.lexsort((np.arange(3), -reference(server, PASSAGES)[0]))]
+    with RerankClient(server.url(protocol), protocol, max_concurrency=2) as client:
+        with pytest.raises(DeadlineExceededError):
+            client.rerank(QUERY, PASSAGES, timeout_s=1e-6)  # passes before anything is sent
+        assert [r.index for r in client.rerank(QUERY, PASSAGES)] == expected, "usable after a deadline"
+        sockets, channels = socket_count(), live_channels()
+        for _ in range(4):  # 16 caller threads, 4 at a time, each gone after its call
+            assert run_all([lambda: [r.index for r in client.rerank(QUERY, PASSAGES)]] * 4) == [expected] * 4
+        sockets, channels = socket_count() - sockets, live_channels() - channels
+    # gRPC shares one connection between channels to the same address, so count channels too.
+    assert channels == 0, f"{channels} more gRPC channels"
+    assert sockets <= (client.max_concurrency - 1 if protocol == "http" else 0), f"{sockets} more sockets"
+
+
 def test_cli(server, tmp_path):
     cli = str(Path(sys.executable).with_name("rerank-client"))
     done = subprocess.run([cli, "--url", server.grpc_url, "--query", QUERY, *sum((["--passage", p] for p in PASSAGES), []),
