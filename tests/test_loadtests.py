@@ -148,6 +148,7 @@ def test_soak_growth_compares_floors():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 3 minutes of load after a 60 s warm-up, on top of the stack's start
 def test_soak_three_minutes(tiny_repository, tmp_path):
     """The CI version of `make soak DURATION=10m`: real Locust at saturation, RSS sampled, pass criteria.
 
