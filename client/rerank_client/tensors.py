@@ -59,7 +59,7 @@ def protocol_module(protocol: str) -> Any:
             import tritonclient.grpc as module
         else:
             import tritonclient.http as module
-    except ImportError as exc:
+    except (ImportError, RuntimeError) as exc:  # tritonclient says RuntimeError when grpcio / gevent are missing
         raise ImportError(f"protocol={protocol!r} needs tritonclient's {protocol} support: "
                           f"pip install 'rerank-client[{protocol}]' ({exc})") from exc
     return module
