@@ -19,8 +19,8 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
-from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
+from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
+from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
 from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
 
 T = TypeVar("T")
@@ -160,20 +160,11 @@ class AsyncRerankClient(ClientBase):
                                         "timeout") from None
 
     async def _with_retry(self, call: Attempt[T], deadline: float) -> T:
-        attempt = 0
-        first_failure: float | None = None
+        retrying = Retrying(self.retry, deadline, lambda: self._closed)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError("deadline passed before the request could be sent")
             try:
-                return await self._attempt(call, remaining)
+                return await self._attempt(call, retrying.remaining())
             except (asyncio.CancelledError, ClientClosedError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if self._closed:
-                    raise ClientClosedError("the client was closed while the call ran") from exc
-                error = classify(exc)
-                first_failure = first_failure or time.monotonic()
-                await asyncio.sleep(self.retry.backoff(error, exc, attempt, deadline, first_failure))
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - classified by Retrying
+                await asyncio.sleep(retrying.failed(exc))

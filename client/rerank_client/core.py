@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from rerank_contract import names
 from rerank_contract import prompt as rp
 
 from .connection import ConnectionSettings
-from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, RerankError
+from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, RerankError, classify
 from .tensors import RawResult, Truncation
 
 #: Template + BOS overhead in tokens ("question:" ... " \n \n passage:").
@@ -180,6 +180,32 @@ class RetryPolicy:
         if time.monotonic() + delay >= deadline:
             raise DeadlineExceededError(f"deadline passed while retrying: {error.message}",
                                         error.status) from cause
+        return delay
+
+
+class Retrying:
+    """One call's retry state, shared by the sync and async loops: what is left of its deadline before
+    each attempt, and the wait after a failure (or the error that ends the call)."""
+
+    def __init__(self, policy: RetryPolicy, deadline: float, closed: Callable[[], bool]) -> None:
+        self.policy, self.deadline, self.closed = policy, deadline, closed
+        self.attempt = 0
+        self.first_failure: float | None = None
+
+    def remaining(self) -> float:
+        """Seconds left for the next attempt; DeadlineExceededError when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError("deadline passed before the request could be sent")
+        return left
+
+    def failed(self, exc: BaseException) -> float:
+        """The wait before the next attempt after ``exc``, or the error that ends the call."""
+        if self.closed():
+            raise ClientClosedError("the client was closed while the call ran") from exc
+        self.first_failure = self.first_failure or time.monotonic()
+        delay = self.policy.backoff(classify(exc), exc, self.attempt, self.deadline, self.first_failure)
+        self.attempt += 1
         return delay
 
 

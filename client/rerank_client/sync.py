@@ -28,8 +28,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
-from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
-from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
+from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
+from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
 from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
 
 T = TypeVar("T")
@@ -192,25 +192,15 @@ class RerankClient(ClientBase):
     # -- retries -----------------------------------------------------------------------------------
     def _with_retry(self, call: Attempt[T], deadline: float) -> T:
         """``call`` until it answers, within the deadline and the retry policy."""
-        attempt = 0
-        first_failure: float | None = None
+        retrying = Retrying(self.retry, deadline, lambda: self._closed)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError("deadline passed before the request could be sent")
             try:
-                return self._attempt(call, remaining)
+                return self._attempt(call, retrying.remaining())
             except ClientClosedError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if self._closed:
+            except Exception as exc:  # noqa: BLE001 - classified by Retrying
+                if self._closing.wait(retrying.failed(exc)):
                     raise ClientClosedError("the client was closed while the call ran") from exc
-                error = classify(exc)
-                first_failure = first_failure or time.monotonic()
-                delay = self.retry.backoff(error, exc, attempt, deadline, first_failure)
-                if self._closing.wait(delay):
-                    raise ClientClosedError("the client was closed while the call ran") from exc
-                attempt += 1
 
     # -- server state ------------------------------------------------------------------------------
     def wait_until_ready(self, timeout_s: float = 60.0, poll_s: float = 0.25) -> None:
