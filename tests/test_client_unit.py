@@ -103,8 +103,25 @@ def test_classify_keeps_the_message(status, message, expected):
     assert error.retryable == (expected is ServerUnavailableError)
 
 
-def test_connection_errors_are_retryable():
-    assert isinstance(classify(ConnectionRefusedError("refused")), ServerUnavailableError)
+def test_connection_errors_are_retryable_and_nothing_else():
+    """Retried: a connection refused, reset or dropped, or a name that did not resolve. Not retried: other
+    OSErrors (a missing certificate file fails the same way every time), certificate errors, and
+    tritonclient's own refusals of a call (no status)."""
+    import errno
+    import socket
+    import ssl
+
+    from geventhttpclient.response import HTTPConnectionClosed
+
+    for exc in (ConnectionRefusedError("refused"), ConnectionResetError("reset"), BrokenPipeError(),
+                OSError(errno.EHOSTUNREACH, "No route to host"), socket.gaierror(-2, "Name or service not known"),
+                ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), HTTPConnectionClosed("connection closed.")):
+        assert isinstance(classify(exc), ServerUnavailableError), exc
+    for exc in (FileNotFoundError(2, "No such file or directory", "/etc/certs/ca.pem"), PermissionError(13, "denied"),
+                ssl.SSLCertVerificationError(1, "certificate verify failed"), InferenceServerException("bad argument"),
+                ValueError("x")):
+        error = classify(exc)
+        assert not error.retryable, (exc, error)
     assert isinstance(classify(TimeoutError()), DeadlineExceededError)
 
 
