@@ -25,7 +25,7 @@ from gateway_helpers import distinct_passages, expected_order
 from rerank_build.stack import ServePorts
 from rerank_build.stubs import SHM_DIR, python_stubs
 from rerank_client import RerankClient
-from stack_helpers import children, start_serve
+from stack_helpers import children, start_serve, stop_serve
 from threads import Worker
 from triton_helpers import ensemble_answer
 
@@ -51,12 +51,10 @@ def stack(tiny_repository, tmp_path_factory, server):
     ports = ServePorts.free()
     proc = start_serve(tiny_repository, ports, tmp)
     logits, _ = ensemble_answer(server, QUERY, PASSAGES)  # the truth, from the session's own server
-    yield proc, ports, tmp / "serve.log", expected_order(logits)
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(60)
-    except Exception:  # noqa: BLE001
-        proc.kill()
+        yield proc, ports, tmp / "serve.log", expected_order(logits)
+    finally:
+        stop_serve(proc)
 
 
 def _rest_flow(url: str, order: list[int], flow: Flow, stop: threading.Event) -> None:
