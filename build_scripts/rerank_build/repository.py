@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import string
 from dataclasses import asdict, dataclass, fields
@@ -218,12 +219,47 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _prepare_out(out: Path, force: bool) -> Path:
+    """Check that ``out`` may be replaced, and return an empty directory beside it to build in.
+
+    A build is written there and renamed into place (:func:`_move_into_place`), so an interrupted
+    build never leaves a half-written ``out`` (which the next ``make serve`` would refuse as unmarked).
+    Building directories that dead builds left beside ``out`` are removed here.
+    """
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file() and not force:
             raise RepositoryError(f"{out} exists and is not a repository written by rerank-build; use --force")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    left_behind = re.compile(rf"\.{re.escape(out.name)}\.(building|replaced)-(\d+)(-\w+)?")
+    for stale in out.parent.iterdir():
+        match = left_behind.fullmatch(stale.name)
+        if match and not _pid_alive(int(match.group(2))):
+            shutil.rmtree(stale, ignore_errors=True)
+    building = out.with_name(f".{out.name}.building-{os.getpid()}-{secrets.token_hex(4)}")
+    building.mkdir()  # mode from the umask, as out itself would get (mkdtemp's would be 0700)
+    return building
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(built: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``built`` with renames: at every moment ``out`` is the old
+    complete repository, absent, or the new complete one. (``out`` must not itself be a mount point:
+    give a directory inside the volume.)"""
+    replaced = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    if out.exists():
+        out.rename(replaced)
+    built.rename(out)
+    if replaced.exists():
+        shutil.rmtree(replaced)
 
 
 def _write_model(out: Path, deployed: str, template_dir: str, values: dict[str, str]) -> Path:
@@ -333,33 +369,37 @@ def build_repository(
     if settings.target == "gpu-onnx":
         values.update(_onnx_gpu_values(ckpt_dir, Path(onnx), settings))  # type: ignore[arg-type]
     values["vocab_size"] = str(RerankerConfig.from_file(ckpt_dir).vocab_size)
-    _prepare_out(out, force)
+    final, out = out, _prepare_out(out, force)  # built beside ``final``, renamed into place
+    try:
+        tok_dir = _write_model(out, "tokenizer", "tokenizer", values)
+        copy_contract(tok_dir)
+        copy_tokenizer_files(ckpt_dir, tok_dir)
 
-    tok_dir = _write_model(out, "tokenizer", "tokenizer", values)
-    copy_contract(tok_dir)
-    copy_tokenizer_files(ckpt_dir, tok_dir)
+        engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
+        if settings.target == "cpu":
+            copy_contract(engine_dir)
+            _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
+        elif settings.target == "gpu-onnx":
+            from .batch_strategy import compile_strategy
 
-    engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
-    if settings.target == "cpu":
-        copy_contract(engine_dir)
-        _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
-    elif settings.target == "gpu-onnx":
-        from .batch_strategy import compile_strategy
+            _place_onnx(ckpt_dir, Path(onnx), engine_dir)  # type: ignore[arg-type]
+            compile_strategy(engine_dir.parent)
+        else:
+            from .batch_strategy import compile_strategy
 
-        _place_onnx(ckpt_dir, Path(onnx), engine_dir)  # type: ignore[arg-type]
-        compile_strategy(engine_dir.parent)
-    else:
-        from .batch_strategy import compile_strategy
+            _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
+            (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
+            compile_strategy(engine_dir.parent)
 
-        _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
-        (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
-        compile_strategy(engine_dir.parent)
-
-    _write_model(out, "postprocess", "postprocess", values)
-    _write_model(out, settings.ensemble_name, "ensemble", values)
-    (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
-    logger.info("wrote %s repository to %s", settings.target, out)
-    return out
+        _write_model(out, "postprocess", "postprocess", values)
+        _write_model(out, settings.ensemble_name, "ensemble", values)
+        (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    _move_into_place(out, final)
+    logger.info("wrote %s repository to %s", settings.target, final)
+    return final
 
 
 def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
