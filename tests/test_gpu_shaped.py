@@ -150,7 +150,7 @@ def test_mixed_concurrent_load_fits_every_profile_and_scores_as_the_reference(gp
             passages = [random_text(rng, rng.choice((3, 8, 20, 60))) for _ in range(rng.randint(1, 4))]
             try:
                 r = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, query, passages, truncate="END")
-            except Exception as exc:  # recorded, asserted below
+            except Exception as exc:  # noqa: BLE001 - recorded, asserted below
                 errors.append(f"ensemble: {exc}")
                 continue
             served = np.empty(len(passages), dtype=np.float32)
@@ -177,7 +177,7 @@ def test_mixed_concurrent_load_fits_every_profile_and_scores_as_the_reference(gp
                 try:
                     result = c.infer("engine", [tensor(grpcclient, "input_ids", ids),
                                                 tensor(grpcclient, "attention_mask", mask)])
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - recorded, asserted below
                     errors.append(f"engine {rows}x{width}: {exc}")
                     continue
                 served = result.as_numpy("logits")[:, 0]

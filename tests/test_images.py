@@ -27,19 +27,23 @@ IMAGE_PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{v}_x86_64" for v in
 
 
 def pip_installs(dockerfile: str) -> list[tuple[list[str], list[str], str]]:
-    """(constraints files, requirements named, the RUN line) of each pip install in the Dockerfile."""
+    """(constraints files, requirements named, the RUN line) of each pip install in the Dockerfile, in order;
+    a RUN line may chain several with &&."""
     text = (ROOT / "docker" / dockerfile).read_text().replace("\\\n", " ")
     found = []
     for line in (line for line in text.splitlines() if line.startswith("RUN") and "pip install" in line):
-        words = shlex.split(line.split("pip install", 1)[1].split("&&")[0])
-        constraints, packages = [], []
-        while words:
-            word = words.pop(0)
-            if word in ("-c", "-r"):
-                (constraints if word == "-c" else packages).append(f"{'' if word == '-c' else '-r '}{words.pop(0)}")
-            elif not word.startswith("-"):
-                packages.append(word)
-        found.append((constraints, packages, line))
+        for command in (c for c in line.split("&&") if "pip install" in c):
+            words = shlex.split(command.split("pip install", 1)[1])
+            constraints, packages = [], []
+            while words:
+                word = words.pop(0)
+                if word in ("-c", "-r"):
+                    (constraints if word == "-c" else packages).append(f"{'' if word == '-c' else '-r '}{words.pop(0)}")
+                elif word in ("--index-url", "--extra-index-url"):
+                    words.pop(0)
+                elif not word.startswith("-"):
+                    packages.append(word)
+            found.append((constraints, packages, line))
     return found
 
 
@@ -106,7 +110,9 @@ def test_the_serving_images_install_resolves_from_the_lock_for_its_python(tmp_pa
 def test_the_build_image_installs_the_whole_lock():
     """The build image runs every rerank-build step (export, engine, repository, parity): the whole lock
     but the CPU tritonserver of nvidia-pytriton, which NVIDIA's container replaces."""
-    (_, packages, line), (_, ours, _) = pip_installs("Dockerfile.build")
+    (_, torch, _), (_, packages, line), (_, ours, _) = pip_installs("Dockerfile.build")
+    assert torch == ["$(grep '^torch==' requirements.lock)"], "torch first, the lock's pin, from PyTorch's CPU index"
+    assert "--index-url https://download.pytorch.org/whl/cpu" in line
     assert "grep -v '^nvidia-pytriton' requirements.lock > /tmp/requirements.txt" in line
     assert packages == ["-r /tmp/requirements.txt"], packages
     assert ours == ["contract", "client", "gateway", "."], "then this repository's packages, without dependencies"

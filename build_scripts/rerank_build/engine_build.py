@@ -195,7 +195,7 @@ def attach_timing_cache(config: "trt.IBuilderConfig", cache_path: Path) -> "trt.
     data = cache_path.read_bytes() if cache_path.is_file() else b""
     try:
         cache = config.create_timing_cache(data)
-    except Exception as exc:  # TensorRT raises on bytes it cannot parse
+    except (RuntimeError, TypeError, ValueError) as exc:  # pybind11's translations of TensorRT's refusal
         cache = None
         reason = f": {exc}"
     else:
