@@ -183,8 +183,9 @@ def test_clients_and_gateway_ride_through_repeated_triton_restarts(tiny_reposito
     server = TritonServer(tiny_repository, ports=Ports(*free_ports(3)), log_path=artifacts / "restarts.log").start()
     expected = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, QUERY, PASSAGES)
     order = expected.index.tolist()
+    # Its ride-through (120 s) outlasts any restart on a loaded CI machine: readiness must not race a clock.
     gateway = GatewayProcess(server.grpc_url, port=free_ports(1)[0], log_path=artifacts / "gateway-restarts.log",
-                             extra_args=["--no-access-log"])
+                             extra_args=["--no-access-log", "--ride-through-s", "120"])
     # A second gateway whose ride-through (1 s) is shorter than the gap: it must say "not ready" then.
     hurried = GatewayProcess(server.grpc_url, port=free_ports(1)[0], log_path=artifacts / "gateway-hurried.log",
                              extra_args=["--no-access-log", "--ride-through-s", "1"])

@@ -213,3 +213,24 @@ def test_cpu_engines_quick_run(tiny_onnx_fp32, tmp_path):
         assert sane(float(row["ms per batch"])) and sane(float(row["pairs/s"].replace(",", ""))), row
         if "f32" in row["runtime"] or "fp32" in row["runtime"]:  # the same computation: the same logits
             assert float(row["max abs vs ONNX Runtime fp32"]) < 1e-3, row
+
+
+def test_gpu_probe_quick_run(tmp_path):
+    """The PyTorch probe a first GPU session runs (docs/gpu.md): on a CPU it measures attention for
+    every mask and says plainly what it skipped; the seven projections are the decoder layer's."""
+    from loadtests import gpu_probe
+    from rerank_build.config import preset
+
+    out = tmp_path / "probe.md"
+    assert gpu_probe.main(["--preset", "tiny", "--device", "cpu", "--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ x \d+ \| (float|bool|none)", line)]
+    assert len(rows) == 6 and all(float(line.split("|")[3]) > 0 for line in rows), rows
+    assert "Projections: skipped" in text and "Memory: skipped" in text
+    full = preset("full")
+    layers = gpu_probe.projections(full)
+    assert list(layers) == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert layers["k"] == (2048, 512) and layers["down"] == (8192, 2048)
+    norms = 2 * full.hidden_size * full.num_hidden_layers + 2 * full.hidden_size  # two per layer, final, head
+    assert sum(i * o for i, o in layers.values()) * full.num_hidden_layers == (
+        full.num_parameters() - full.vocab_size * full.hidden_size - norms)

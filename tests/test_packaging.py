@@ -81,7 +81,12 @@ def test_client_installs_beside_numpy_2_and_keeps_it(server, tmp_path):
     others.write_text("".join(line + "\n" for line in (ROOT / "requirements.lock").read_text().splitlines()
                               if not line.lower().startswith("numpy==")))
     contract, client = sources(python, "contract", "client")
-    pip(python, "-c", str(others), contract, f"{client}[grpc,http]")
+    pip(python, "-c", str(others), contract, client)  # as the issue says it: no extras
+    assert installed(python)["numpy"] == numpy_2, "a bare install keeps numpy 2"
+    imported = subprocess.run([str(python), "-c", "import numpy, rerank_contract, rerank_client; print(numpy.__version__)"],
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0 and imported.stdout.strip() == numpy_2, imported.stderr[-2000:]
+    pip(python, "-c", str(others), f"{client}[grpc,http]")
     packages = installed(python)
     assert packages["numpy"] == numpy_2 and numpy_2.startswith("2."), packages["numpy"]
     assert not set(packages) & (HEAVY | GATEWAY_ONLY), set(packages) & (HEAVY | GATEWAY_ONLY)

@@ -19,7 +19,8 @@ from typing import Any, Sequence
 from .config import RerankerConfig
 from .profiles import DEFAULT_MAX_TOKENS, Profile, rows_by_width
 
-#: Attention scores one execution may materialise (fp32 scores and probabilities of one layer).
+#: Attention scores one execution may materialise (scores and probabilities of one layer, counted at
+#: 4 bytes each: an upper bound, the fp16 export keeps them in fp16).
 DEFAULT_ATTENTION_GIB = 16.0
 ONNX_DTYPE = "fp16"
 
