@@ -218,3 +218,26 @@ def ort_session_from_proto(model: onnx.ModelProto):
     import onnxruntime as ort
 
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_gqa_repeat_export_is_the_fallback_form(tiny_checkpoint, tmp_path, tiny_model, encoder):
+    """`export-onnx --gqa repeat`: K/V repeated per query head (the fallback should a GPU build show the
+    stacked form unfused), the same TensorRT pattern between the batched matmuls, the same scores."""
+    from rerank_build.export_onnx import export_onnx
+
+    path = export_onnx(tiny_checkpoint, tmp_path / "repeat", dtype="fp16", gqa="repeat")
+    assert json.loads(path.with_name("export_meta.json").read_text())["attention"] == "tensorrt-repeat"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    heads, head_dim = config["num_attention_heads"], config["head_dim"]
+    for bmm1, between, _ in _attentions(model):
+        assert [n.op_type for n in between] == ["Add"], "only the mask add between Q·Kᵀ and Softmax"
+    bmm1 = _attentions(model)[0][0]
+    model.graph.output.extend([onnx.helper.make_tensor_value_info(bmm1.input[1], onnx.TensorProto.FLOAT16, None)])
+    rows = _rows(encoder)
+    batch = rp.left_pad(rows)
+    out, k_t = ort_session_from_proto(model).run(None, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+    assert k_t.shape == (len(rows), heads, head_dim, batch.input_ids.shape[1]), "K holds every query head"
+    with torch.no_grad():
+        ref = tiny_model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
+    np.testing.assert_allclose(out, ref, atol=5e-2)

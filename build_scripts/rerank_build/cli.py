@@ -22,7 +22,7 @@ def _cmd_checkpoint(args: argparse.Namespace) -> int:
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from .export_onnx import export_onnx
 
-    print(export_onnx(args.checkpoint, args.out, dtype=args.dtype))
+    print(export_onnx(args.checkpoint, args.out, dtype=args.dtype, gqa=args.gqa))
     return 0
 
 
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="fp32: ONNX Runtime (CPU); fp16/bf16: strongly typed TensorRT builds")
+    p.add_argument("--gqa", choices=["stack", "repeat"], default="stack",
+                   help="fp16/bf16 attention: grouped query heads stacked along the rows (default), or K/V repeated "
+                        "per query head, the fallback if a GPU build shows the stacked attention unfused")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_export_onnx)
 

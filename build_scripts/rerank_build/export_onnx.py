@@ -46,6 +46,8 @@ EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 #: The attention each dtype traces: fp32 stays the reference's eager form (its CPU runtimes fuse that
 #: pattern already); the TensorRT sources use the form TensorRT fuses into one attention kernel.
 EXPORT_ATTENTION = {"fp32": "eager", "fp16": "tensorrt", "bf16": "tensorrt"}
+#: How the fp16/bf16 attention meets grouped query heads (reference.Attention.tensorrt_form).
+GQA_FORMS = ("stack", "repeat")
 PROTOBUF_LIMIT = 2 * 1024**3
 #: The logit of a row with no token to attend to: float32's lowest finite value. It is never a
 #: plausible score, sorts last, and stays valid JSON (NaN and -inf do not).
@@ -96,20 +98,25 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp32",
-                external_data: bool | None = None) -> Path:
+                external_data: bool | None = None, gqa: str = "stack") -> Path:
     """Export ``checkpoint`` to ``out_dir/model.onnx`` (+ tokenizer files); returns the path.
 
-    ``external_data`` None: only when the weights approach protobuf's 2 GB limit.
+    ``external_data`` None: only when the weights approach protobuf's 2 GB limit. ``gqa`` (fp16/bf16):
+    ``stack`` the grouped query heads along the rows, or ``repeat`` K/V per query head (the fallback
+    if a GPU build shows the stacked attention unfused).
     """
     import onnx
 
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"ONNX export supports {', '.join(EXPORT_DTYPES)}, not {dtype!r}")
+    if gqa not in GQA_FORMS:
+        raise ValueError(f"--gqa is one of {', '.join(GQA_FORMS)}, not {gqa!r}")
+    attention = EXPORT_ATTENTION[dtype] if gqa == "stack" or dtype == "fp32" else "tensorrt-repeat"
     ckpt_dir = resolve_checkpoint(checkpoint)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model = load_reranker(ckpt_dir, dtype=dtype, attn_impl=EXPORT_ATTENTION[dtype])
+    model = load_reranker(ckpt_dir, dtype=dtype, attn_impl=attention)
     big = external_data if external_data is not None else (
         model.config.num_parameters() * (4 if dtype == "fp32" else 2) > PROTOBUF_LIMIT * 0.9)
     logger.info("external data: %s", "yes" if big else "no")
@@ -151,7 +158,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp32"
     meta = {
         "dtype": dtype,
         "opset": OPSET,
-        "attention": EXPORT_ATTENTION[dtype],
+        "attention": attention,
         "inputs": {name: "int32 [batch, seq]" for name in INPUT_NAMES},
         "outputs": {OUTPUT_NAME: "float32 [batch, 1]"},
         "external_data": EXTERNAL_DATA_FILE if big else None,

@@ -28,8 +28,10 @@ from .config import RerankerConfig
 logger = logging.getLogger(__name__)
 
 #: eager: the reference (softmax in fp32); sdpa: PyTorch's fused kernel (GPU reference); tensorrt:
-#: eager rewritten in the pattern TensorRT fuses into one attention kernel (fp16/bf16 exports).
-AttnImpl = Literal["eager", "sdpa", "tensorrt"]
+#: eager rewritten in the pattern TensorRT fuses into one attention kernel (fp16/bf16 exports), with
+#: grouped query heads stacked along the query rows; tensorrt-repeat: the same with K/V repeated per
+#: query head instead, the fallback should a GPU build show the stacked form unfused (docs/gpu.md).
+AttnImpl = Literal["eager", "sdpa", "tensorrt", "tensorrt-repeat"]
 
 
 def llama3_inv_freq(config: RerankerConfig) -> torch.Tensor:
@@ -90,8 +92,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if self.attn_impl == "tensorrt":
-            out = self.tensorrt_form(q, k, v, mask)
+        if self.attn_impl in ("tensorrt", "tensorrt-repeat"):
+            out = self.tensorrt_form(q, k, v, mask, stack=self.attn_impl == "tensorrt")
         else:
             groups = self.heads // self.kv_heads
             if groups > 1:
@@ -105,7 +107,8 @@ class Attention(nn.Module):
                 out = torch.matmul(probs, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
-    def tensorrt_form(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def tensorrt_form(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      stack: bool = True) -> torch.Tensor:
         """The eager attention, written as the graph TensorRT fuses into one attention kernel.
 
         TensorRT's developer guide, "Fused Attention" (Working with Transformers; primitive-layer
@@ -120,9 +123,16 @@ class Attention(nn.Module):
         ``repeat_interleave`` expresses). Instead of copying K and V ``groups`` times, the ``groups``
         query heads of one K/V head are stacked along the query rows: Q [B, N_kv, groups*T, H]
         against K, V [B, N_kv, T, H] is an ordinary attention with S_q = groups*T and S_kv = T, and
-        each query row still takes its softmax over its own T keys, so the result is exact.
+        each query row still takes its softmax over its own T keys, so the result is exact. Whether
+        TensorRT's fusion accepts S_q != S_kv here only a GPU build can show; ``stack=False`` (export
+        ``--gqa repeat``) is the plain form, K/V repeated per query head, to fall back on.
         """
         b, d = q.shape[0], self.head_dim
+        if not stack:
+            groups = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            q = q * (1.0 / math.sqrt(d))
+            return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(2, 3)) + mask, dim=-1), v)
         q = (q * (1.0 / math.sqrt(d))).reshape(b, self.kv_heads, -1, d)
         probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) + mask, dim=-1)
         return torch.matmul(probs, v).reshape(b, self.heads, -1, d)
@@ -176,7 +186,7 @@ class Backbone(nn.Module):
         # reference adds it in fp32; TensorRT's form adds it in the activation dtype, so its masked
         # value is that dtype's lowest finite number (-65504 in fp16), which the dtype represents.
         keep = attention_mask.to(torch.float32)[:, None, None, :]
-        if self.attn_impl == "tensorrt":
+        if self.attn_impl in ("tensorrt", "tensorrt-repeat"):
             mask = ((1.0 - keep) * torch.finfo(h.dtype).min).to(h.dtype)
         else:
             mask = (1.0 - keep) * torch.finfo(torch.float32).min
