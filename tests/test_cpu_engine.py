@@ -51,9 +51,10 @@ def test_engine_resolves_its_precision_on_the_serving_cpu(tiny_checkpoint, tiny_
 
 
 def test_bf16_runs_only_the_linear_layers_in_bf16(tiny_onnx_fp32):
-    """The graph rewrite: q, k, v, o, gate, up and down of every layer take bf16 inputs; the score head,
-    the norms, the attention's softmax and the pooling stay fp32. Where the CPU computes bf16, the
-    compiled model runs the linear layers in bf16 and nothing else."""
+    """The graph rewrite: q, k, v, o, gate, up and down of every layer take bf16 inputs, and between gate/up
+    and down the MLP's SiLU and product stay bf16; the score head, the norms, RoPE, the attention with its
+    softmax, the residual adds and the pooling stay fp32. Where the CPU computes bf16, the compiled model
+    runs exactly those in bf16."""
     import openvino as ov
 
     from rerank_build.config import RerankerConfig
@@ -66,9 +67,11 @@ def test_bf16_runs_only_the_linear_layers_in_bf16(tiny_onnx_fp32):
     bf16_matmuls = [op for op in model.get_ops() if op.get_type_name() == "MatMul"
                     and op.input(0).get_element_type() == ov.Type.bf16]
     assert len(bf16_matmuls) == 7 * layers
-    for op in model.get_ops():  # norms, RoPE, attention, residual adds, pooling: no bf16 anywhere else
-        if op not in bf16_matmuls and op.get_type_name() not in ("Convert", "Constant"):
-            assert ov.Type.bf16 not in [op.get_output_element_type(k) for k in range(op.get_output_size())], op
+    elsewhere = [op for op in model.get_ops() if op not in bf16_matmuls
+                 and op.get_type_name() not in ("Convert", "Constant")
+                 and ov.Type.bf16 in [op.get_output_element_type(k) for k in range(op.get_output_size())]]
+    assert {op.get_type_name() for op in elsewhere} <= set(engine.MLP_INSIDE), elsewhere
+    assert all("/mlp/" in op.get_friendly_name() for op in elsewhere), elsewhere
     head = [op for op in model.get_ops() if op.get_type_name() == "MatMul" and op not in bf16_matmuls
             and op.get_output_partial_shape(0)[-1] == ov.Dimension(1)]
     assert len(head) == 1 and head[0].input(0).get_element_type() == ov.Type.f32
@@ -79,21 +82,30 @@ def test_bf16_runs_only_the_linear_layers_in_bf16(tiny_onnx_fp32):
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         runtime.setdefault(info["layerType"].astype(str), []).append(info["runtimePrecision"].astype(str))
-    # 7 linear layers per layer in bf16; the head, norms (RMS), attention (a Subgraph), pooling (Reduce)
-    # and the element-wise ops (residual adds, RoPE, SiLU) in fp32.
+    # 7 linear layers per layer in bf16, the head in fp32; norms (RMS), attention (a Subgraph) and
+    # pooling (Reduce) in fp32; of the element-wise ops only the MLP's product in bf16.
     assert sorted(runtime["FullyConnected"]) == ["bf16"] * 7 * layers + ["f32"], runtime
-    for kind in ("RMS", "Subgraph", "Reduce", "Eltwise"):
+    for kind in ("RMS", "Subgraph", "Reduce"):
         assert kind in runtime and set(runtime[kind]) <= {"f32", "i32"}, (kind, runtime[kind])
+    assert runtime["Eltwise"].count("bf16") <= 2 * layers, runtime["Eltwise"]
 
 
-def test_openvino_engine_step_matches_onnxruntime(onnxruntime_repository, tiny_repository):
-    outputs = []
-    for repo in (tiny_repository, onnxruntime_repository):
-        engine = load_model(repo, "engine")
-        out = engine.execute([pb.InferenceRequest({"input_ids": IDS, "attention_mask": MASK})])[0]
-        assert out.error is None
-        outputs.append(out.output_tensors["logits"])
-    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
+def test_bf16_conversions_round_to_nearest(tiny_onnx_fp32):
+    """OpenVINO 2026.4's Convert to bf16 on a dynamic-shape tensor truncates half of the values that
+    round-to-nearest rounds up (a bias that doubled the bf16 engine's mean error); the rewrite rounds
+    in fp32 first (Veltkamp's split) so that each conversion is exact."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from rerank_build.cpu_runtime import openvino_engine
+
+    x = np.random.default_rng(0).standard_normal((3, 257, 64)).astype(np.float32)
+    bits = x.view(np.uint32).astype(np.uint64)
+    nearest = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    param = ops.parameter([-1, -1, 64], ov.Type.f32)
+    rounded = ops.convert(ops.convert(openvino_engine().round_to_bf16(param.output(0)), "bf16"), "f32")
+    compiled = ov.Core().compile_model(ov.Model([rounded], [param]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_array_equal(np.asarray(compiled(x)[0]), nearest)
 
 
 def test_bf16_falls_back_to_f32_without_native_bf16(tiny_checkpoint, tiny_onnx_fp32, onnxruntime_repository,
