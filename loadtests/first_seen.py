@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     p.add_argument("--requests", type=int, default=20)
-    p.add_argument("--workload", choices=["mixed", "short"], default="mixed",
-                   help="short: 100 passages of 16-80 words per request (many small runs)")
+    p.add_argument("--workload", choices=["mixed", "short", "long"], default="mixed",
+                   help="short: 100 passages of 16-80 words per request (many small runs); long: 10 of 1-4k tokens")
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--grids", default=";".join(GRIDS), help="semicolon-separated labels of GRIDS")
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from rerank_build.cpu_runtime import openvino_engine
 
     encoder = rp.PairEncoder(rp.load_tokenizer(str(args.onnx.parent)))
-    spec = WorkloadSpec(args.seed) if args.workload == "mixed" else WorkloadSpec(args.seed, (100,), ((1.0, 16, 80),))
+    spec = {"mixed": WorkloadSpec(args.seed), "short": WorkloadSpec(args.seed, (100,), ((1.0, 16, 80),)),
+            "long": WorkloadSpec(args.seed, (10,), ((1.0, 1000, 4000),))}[args.workload]
     requests = Workload(spec).take(args.requests)
     lengths = [np.array([len(r) for r in encoder.encode(q.query, q.passages, "END")]) for q in requests]
     grids = {name: GRIDS[name] for name in args.grids.split(";")}
