@@ -11,6 +11,17 @@
 #   512, 2,048 and 8,192 tokens, the MFU those imply against the GPU's bf16 peak, and its parity
 #   against the fp32 reference on the CPU. Any engine is held to these numbers.
 # QUICK=1 shrinks every sweep (CPU smoke test in CI: DEVICE=cpu PRESET=tiny QUICK=1).
+#
+# What this script itself needs (checked first; a missing one stops it with this list):
+# - bash, and Python 3.10+ ($PYTHON, else .venv/bin/python, else python3) with numpy, torch, tokenizers,
+#   safetensors, tqdm, onnx and onnxruntime, and this checkout installed
+#   (`pip install --no-deps -e contract -e client -e .`); no network.
+# - DEVICE=cuda (the default): a torch built with CUDA and a visible GPU (nvidia-smi); the reference
+#   then runs in bf16. The build image (docker/Dockerfile.build) has a CPU-only torch: run the check
+#   there with DEVICE=cpu, or on a machine with a CUDA torch.
+# - The engine part, only where `import tensorrt` works (NVIDIA's TensorRT container): TensorRT's
+#   Python package, the CUDA runtime (libcudart), and a C compiler (cc) for the repository's batching
+#   strategy. The served part, only with TRITONSERVER_BIN: a tritonserver with the TensorRT backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +34,23 @@ SEQS=${SEQS:-128,512,2048}
 BATCHES=${BATCHES:-1,8,32,128}
 ITERS=${ITERS:-5}
 if [ "${QUICK:-0}" = "1" ]; then SEQS=128; BATCHES=1,8; ITERS=1; fi
+missing=()
+$PY -c 'import numpy, torch, tokenizers, safetensors, tqdm, onnx, onnxruntime' 2>/dev/null \
+  || missing+=("Python packages numpy torch tokenizers safetensors tqdm onnx onnxruntime (for $PY)")
+$PY -c 'import rerank_build, rerank_contract, loadtests' 2>/dev/null \
+  || missing+=("this checkout installed: pip install --no-deps -e contract -e client -e .")
+if [ "$DEVICE" != "cpu" ]; then
+  $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
+    || missing+=("a CUDA build of torch and a visible GPU for DEVICE=$DEVICE (or run with DEVICE=cpu)")
+fi
+if $PY -c "import tensorrt" 2>/dev/null; then
+  command -v cc >/dev/null || command -v gcc >/dev/null || missing+=("a C compiler (cc) for the engine repository")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  printf 'gpu_check.sh: missing requirements:\n' >&2
+  printf -- '- %s\n' "${missing[@]}" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 REPORT="$OUT/gpu_check.md"
 started=$(date +%s)

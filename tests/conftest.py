@@ -3,12 +3,47 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- every test that starts or uses a server carries the `server` marker ----------------------------
+
+#: Fixtures that start a real tritonserver (or a stack around one).
+SERVER_FIXTURES = frozenset({"server", "gateway", "start_gateway", "chunk_server", "stack"})
+#: What a command that starts a server (or the stack, or the gateway) carries.
+SERVER_COMMANDS = ("tritonserver", "TritonServer", "ServingStack", "rerank_gateway", "rerank-gateway",
+                   "triton_supervise")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("server") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using a server fixture without the `server` marker: " + ", ".join(unmarked))
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_start_no_server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test without the `server` marker that starts a server process fails, naming it."""
+    if request.node.get_closest_marker("server") is not None:
+        yield
+        return
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
+        text = " ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args)
+        if any(command in text for command in SERVER_COMMANDS) or ("rerank-build" in text and " serve" in text):
+            raise AssertionError(f"{request.node.nodeid} starts a server without the `server` marker: {text[:300]}")
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    yield
 
 
 @pytest.fixture(scope="session")

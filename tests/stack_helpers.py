@@ -51,5 +51,13 @@ def start_serve(repository: Path, ports: ServePorts, tmp_path: Path, *extra: str
         except requests.ConnectionError:
             pass
         time.sleep(0.5)
-    proc.kill()
+    stop_serve(proc)
     raise AssertionError("rerank-build serve never became ready: " + (tmp_path / "serve.log").read_text()[-3000:])
+
+
+def stop_serve(proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """SIGTERM ``rerank-build serve`` (it stops its stack), then SIGKILL its whole session if it is still
+    there: a failed test must not leave tritonserver or the gateway running."""
+    from rerank_build.server import stop_group
+
+    stop_group(proc, timeout_s, "rerank-build serve")

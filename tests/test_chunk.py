@@ -40,16 +40,19 @@ def long_text(seed: int, words: int) -> str:
 
 # --- the rule ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body_len", [1, 10, 11, 30, 31, 40, 43, 50, 51, 92, 93, 97])
+@pytest.mark.parametrize("body_len", [1, 10, 11, 30, 31, 40, 43, 50, 51, 92, 93, 97, 134, 135])
 def test_windows_cover_the_passage_with_the_overlap(short_encoder, body_len):
-    """Synthetic ids: Q of 14 tokens, so W = 50; windows start at 0, 42, 84, ... (edges: W - overlap + 1
-    = 43, W = 50, W + 1 = 51, 2W - overlap = 92, 2W - overlap + 1 = 93)."""
+    """Synthetic ids: Q of 14 tokens, so W = 50; windows start at 0, 42, 84, ... A body of up to W tokens
+    fits (one window, the pair itself); edges past it: W + 1 = 51, 2W - overlap = 92 (two windows exactly),
+    93, 3W - 2 overlap = 134 (three exactly), 135."""
     q = 14
     ids = list(range(1000, 1000 + q)) + list(range(5000, 5000 + body_len))
-    if q + body_len <= MAX_LEN:
-        return  # a pair that fits is never chunked (see the server tests)
     windows = short_encoder._windows(ids, q, OVERLAP)
     width = MAX_LEN - q
+    if q + body_len <= MAX_LEN:  # a pair that fits is one window: itself
+        assert windows == [ids]
+        assert estimated_windows(q + body_len, MAX_LEN, q, OVERLAP) == 1
+        return
     assert len(windows) == 1 + math.ceil((body_len - width) / (width - OVERLAP))
     assert windows[0] == ids[:MAX_LEN], "window 0 is exactly what END scores"
     assert all(w[:q] == ids[:q] and len(w) <= MAX_LEN for w in windows)
@@ -114,7 +117,7 @@ def test_client_plans_windows_within_the_row_limit():
         assert sum(4 if lengths[i] > MAX_LEN else 1 for i in part) <= 8
 
 
-# --- against the real server ---------------------------------------------------------------------------
+# --- against the real server (every test below starts or uses one) ---------------------------------------
 
 @pytest.fixture(scope="module")
 def chunk_server(tiny_checkpoint, tiny_onnx_fp32, artifacts):
@@ -135,6 +138,7 @@ def reference_logits(model, rows: list[list[int]]) -> list[float]:
                 for r in rows]
 
 
+@pytest.mark.server
 def test_repository_with_a_small_max_sequence_length(chunk_server):
     from rerank_client.tensors import protocol_module
 
@@ -149,6 +153,7 @@ def test_repository_with_a_small_max_sequence_length(chunk_server):
     assert engine["parameters"]["max_width"]["string_value"] == "64", "no row is ever wider"
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_each_window_scores_as_the_reference_and_the_best_counts(chunk_server, protocol, short_encoder, tiny_model):
     passages = [long_text(1, 120), "a short passage that fits", long_text(2, 60), "🤖 " * 70 + "日本語 " * 30]
@@ -166,6 +171,7 @@ def test_each_window_scores_as_the_reference_and_the_best_counts(chunk_server, p
     assert list(result.logit) == sorted(result.logit, reverse=True)
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_fitting_passages_score_as_end_and_window_zero_is_end(chunk_server, protocol):
     passages = ["fits easily", "also short", long_text(3, 90)]
@@ -178,6 +184,7 @@ def test_fitting_passages_score_as_end_and_window_zero_is_end(chunk_server, prot
     assert c[2] >= e[2], "the best window is at least window 0, which END scores"
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_chunk_errors(chunk_server, protocol):
     q, p = texts([QUERY]), texts([long_text(4, 100)])
@@ -195,6 +202,7 @@ def test_chunk_errors(chunk_server, protocol):
     assert ok.as_numpy("index").shape == (1, 1), "still serving"
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_client_splits_a_long_list_with_long_passages(chunk_server, protocol):
     passages = [long_text(10 + i, 150 if i % 7 == 0 else 12) for i in range(60)]
@@ -211,6 +219,7 @@ def test_client_splits_a_long_list_with_long_passages(chunk_server, protocol):
     assert any(r.chunks > 1 for r in results)
 
 
+@pytest.mark.server
 def test_gateway_and_cli_pass_chunk_through(chunk_server, artifacts, capsys):
     from rerank_build.server import free_ports
     from rerank_build.stack import GatewayProcess

@@ -103,15 +103,55 @@ def test_classify_keeps_the_message(status, message, expected):
     assert error.retryable == (expected is ServerUnavailableError)
 
 
-def test_connection_errors_are_retryable():
-    assert isinstance(classify(ConnectionRefusedError("refused")), ServerUnavailableError)
+def test_connection_errors_are_retryable_and_nothing_else():
+    """Retried: a connection refused, reset or dropped, or a name that did not resolve. Not retried: other
+    OSErrors (a missing certificate file fails the same way every time), certificate errors, and
+    tritonclient's own refusals of a call (no status)."""
+    import errno
+    import socket
+    import ssl
+
+    from geventhttpclient.response import HTTPConnectionClosed
+
+    for exc in (ConnectionRefusedError("refused"), ConnectionResetError("reset"), BrokenPipeError(),
+                OSError(errno.EHOSTUNREACH, "No route to host"), socket.gaierror(-2, "Name or service not known"),
+                ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), HTTPConnectionClosed("connection closed.")):
+        assert isinstance(classify(exc), ServerUnavailableError), exc
+    for exc in (FileNotFoundError(2, "No such file or directory", "/etc/certs/ca.pem"), PermissionError(13, "denied"),
+                ssl.SSLCertVerificationError(1, "certificate verify failed"), InferenceServerException("bad argument"),
+                ValueError("x")):
+        error = classify(exc)
+        assert not error.retryable, (exc, error)
     assert isinstance(classify(TimeoutError()), DeadlineExceededError)
 
 
-def test_too_large_refusals_are_recognised():
-    assert is_too_large(InvalidInputError("request needs 40 x 512 = 20480 padded tokens, more than the limit of "
-                                          "16384 per request; send fewer or shorter passages per request"))
-    assert not is_too_large(InvalidInputError("passage 1 is empty"))
+def server_refusal(encoder, passages, limits, truncate="END", overlap=None) -> InvalidInputError:
+    """The server's own refusal text (the tokenizer step's ``encode_request``), as the client receives it."""
+    from rerank_contract import prompt as rp
+
+    with pytest.raises(rp.RerankInputError) as refused:
+        rp.encode_request(encoder, ["q"] * len(passages), passages, truncate, limits, overlap=overlap)
+    return InvalidInputError(str(refused.value), "StatusCode.INVALID_ARGUMENT")
+
+
+def test_too_large_refusals_are_recognised_by_the_limit_they_name(encoder):
+    """Every refusal a smaller request avoids names its limit; the client splits on exactly those."""
+    from rerank_contract import prompt as rp
+
+    limits = rp.RequestLimits(max_rows=4, max_tokens=256, buckets=(64, 128, 8192), max_bytes=1000)
+    splittable = {
+        "rows": server_refusal(encoder, ["p"] * 5, limits),
+        "windows": server_refusal(encoder, ["word " * 60000], rp.RequestLimits(max_rows=4, max_bytes=10**6), "CHUNK", 0),
+        "padded tokens": server_refusal(encoder, ["word " * 100] * 3, limits),
+        "bytes": server_refusal(encoder, ["x" * 600] * 2, limits),
+    }
+    for kind, error in splittable.items():
+        assert is_too_large(error), (kind, error.message)
+    # Refusals no split avoids, some with the words the old substring rule looked for.
+    for message in ["passage 1 is empty", "Input length 9000 exceeds maximum allowed token size 8192",
+                    "Request has 11 passages, more than the limit of 10 per request (max_passages_per_request)",
+                    "chunk_overlap leaves 3 padded tokens of passage per request window: passages bytes"]:
+        assert not is_too_large(InvalidInputError(message)), message
 
 
 def test_backoff_grows_and_is_capped():
@@ -169,8 +209,6 @@ def test_plan_keeps_requests_under_the_byte_limit():
     chunks = plan_requests([20] * 5, limits, sizes=sizes)
     assert sorted(i for c in chunks for i in c) == list(range(5))
     assert all(sum(sizes[i] for i in c) <= 1000 or len(c) == 1 for c in chunks)
-    assert is_too_large(InvalidInputError("request carries 5000 bytes of text (...), more than the limit of 4000 "
-                                          "bytes per request; send fewer or shorter passages per request"))
 
 
 def test_several_grpc_endpoints_make_one_round_robin_target():

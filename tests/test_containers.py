@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -61,6 +62,30 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert "Parity, fp32 on cpu" in report and ": PASS" in report
 
 
+def test_gpu_check_lists_what_it_misses_first(tmp_path):
+    """Asked for a CUDA run where torch has no CUDA (this machine), it stops at once and says what is
+    missing, instead of failing halfway through."""
+    env = dict(os.environ, OUT=str(tmp_path), DEVICE="cuda", PRESET="tiny", QUICK="1", PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "missing requirements" in done.stderr
+    assert "a CUDA build of torch and a visible GPU for DEVICE=cuda" in done.stderr
+    assert not (tmp_path / "gpu_check.md").exists()
+    header = (ROOT / "scripts" / "gpu_check.sh").read_text().split("set -euo pipefail")[0]
+    assert "What this script itself needs" in header and "C compiler" in header
+
+
+def test_build_image_brings_no_second_cuda():
+    """The build image's torch is the CPU build (the reference runs on the CPU); the engine tools use the
+    TensorRT container's own CUDA runtime, never torch's, so no CUDA version can mismatch."""
+    text = (ROOT / "docker" / "Dockerfile.build").read_text()
+    assert "--index-url https://download.pytorch.org/whl/cpu" in text and "torch.version.cuda is None" in text
+    assert "gcc" in text, "the GPU repository compiles its batching strategy"
+    for module in ("engine_runner.py", "engine_build.py", "cudart.py"):
+        source = (ROOT / "build_scripts" / "rerank_build" / module).read_text()
+        assert "import torch" not in source, f"{module} must not need torch"
+
+
 def test_gateway_image_holds_only_the_light_packages():
     text = (ROOT / "docker" / "Dockerfile.gateway").read_text()
     assert "-c requirements.lock ./contract ./client ./gateway" in text
@@ -85,18 +110,25 @@ def test_serving_image_supervisor_stops_triton_when_a_stub_dies(tiny_repository,
     import signal
     import time
 
-    from rerank_build.server import free_ports, server_command, server_env
-    from rerank_build.server import Ports
+    from rerank_build.server import Ports, free_ports, server_command, server_env, stop_group
     from rerank_build.stubs import SHM_DIR, alive, python_stubs
 
-    def start():
+    @contextlib.contextmanager
+    def supervised():
+        """The supervisor in a process group of its own, tritonserver and its stubs inside it: whatever
+        happens in the test, the whole group is stopped (a failed assertion left tritonserver running)."""
         http, grpc, metrics = free_ports(3)
         cmd = server_command(tiny_repository, Ports(http, grpc, metrics))
-        log = open(tmp_path / f"supervise-{http}.log", "wb")
-        return subprocess.Popen([sys.executable, str(ROOT / "docker" / "triton_supervise.py"), "--", *cmd],
-                                env=server_env(), stdout=log, stderr=subprocess.STDOUT), tmp_path / f"supervise-{http}.log"
+        log = tmp_path / f"supervise-{http}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "docker" / "triton_supervise.py"), "--", *cmd],
+                                    env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc, log
+        finally:
+            stop_group(proc, 10, "triton_supervise")
 
-    def child_server(proc) -> int:
+    def child_server(proc, log) -> int:
         import psutil
 
         deadline = time.monotonic() + 60
@@ -107,9 +139,8 @@ def test_serving_image_supervisor_stops_triton_when_a_stub_dies(tiny_repository,
             time.sleep(0.5)
         raise AssertionError(log.read_text()[-3000:])
 
-    proc, log = start()
-    try:
-        triton = child_server(proc)
+    with supervised() as (proc, log):
+        triton = child_server(proc, log)
         stubs = python_stubs(triton)
         engine = next(s for s in stubs if s.name.startswith("engine"))
         os.kill(engine.pid, signal.SIGKILL)
@@ -117,15 +148,8 @@ def test_serving_image_supervisor_stops_triton_when_a_stub_dies(tiny_repository,
         assert not alive(triton), "tritonserver is stopped with its dead stub"
         assert "died" in log.read_text() and "stopping it" in log.read_text()
         assert not any((SHM_DIR / s.shm_region).exists() for s in stubs if s.shm_region), "no shm left behind"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    proc, log = start()
-    try:
-        child_server(proc)
+    with supervised() as (proc, log):
+        child_server(proc, log)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         assert code in (0, 143), (code, log.read_text()[-1500:])
-    finally:
-        if proc.poll() is None:
-            proc.kill()

@@ -113,13 +113,108 @@ def test_rejects_unknown_dtype(tiny_checkpoint, tmp_path):
         export_onnx(tiny_checkpoint, tmp_path / "x", dtype="int4")
 
 
-def test_bf16_export_runs_in_openvino_within_its_tolerance(tiny_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_onnx_bf16(tiny_checkpoint, tmp_path_factory):
+    return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("bf16"), dtype="bf16")
+
+
+def test_bf16_export_runs_in_openvino_within_its_tolerance(tiny_checkpoint, tiny_onnx_bf16):
     """The TensorRT bf16 source on a CPU: ONNX Runtime has no bf16 kernels, OpenVINO reads it. Its
     weights are bf16; OpenVINO computes in fp32 (precision f32), as TensorRT keeps the fp32 islands."""
     from rerank_build.parity import TOLERANCES, default_cases, onnx_scorer, reference_scorer, run_parity
 
-    path = export_onnx(tiny_checkpoint, tmp_path / "bf16", dtype="bf16")
+    path = tiny_onnx_bf16
     report = run_parity(tiny_checkpoint, reference_scorer(tiny_checkpoint), onnx_scorer(path, runtime="openvino"),
                         TOLERANCES["bf16"], default_cases(6, 0))
     print("\n".join(report.lines()))
     assert report.passed, "\n".join(report.lines())
+
+
+def _attentions(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto], onnx.NodeProto]]:
+    """(Q·Kᵀ MatMul, the nodes on the path from it to the Softmax, Softmax) for every attention."""
+    produced = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def ancestors(node):  # up to and including the nearest MatMuls
+        seen, todo = {}, [node]
+        while todo:
+            for name in todo.pop().input:
+                up = produced.get(name)
+                if up is not None and up.name not in seen:
+                    seen[up.name] = up
+                    if up.op_type != "MatMul":
+                        todo.append(up)
+        return seen
+
+    found = []
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+        above = ancestors(softmax)
+        bmm1 = [n for n in above.values() if n.op_type == "MatMul"]
+        assert len(bmm1) == 1, "one Q·Kᵀ MatMul feeds each Softmax"
+        below, todo = set(), [bmm1[0]]  # descendants of Q·Kᵀ down to the Softmax
+        while todo:
+            for out in todo.pop().output:
+                for down in consumers.get(out, []):
+                    if down.name not in below and down is not softmax:
+                        below.add(down.name)
+                        todo.append(down)
+        between = [n for n in model.graph.node if n.name in below and n.name in above]
+        found.append((bmm1[0], between, softmax))
+    return found
+
+
+@pytest.mark.parametrize("variant,elem_type", [("tiny_onnx_fp16", onnx.TensorProto.FLOAT16),
+                                               ("tiny_onnx_bf16", onnx.TensorProto.BFLOAT16)])
+def test_attention_stays_in_the_bmm_dtype(request, variant, elem_type):
+    """What TensorRT fuses into one attention kernel (docs: "Fused Attention"): Q·Kᵀ, the mask add and
+    the softmax in the activation dtype, then ·V. The eager export had Mul(scale) -> Cast(fp32) -> Add
+    -> Softmax(fp32) -> Cast between the two batched matmuls."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(request.getfixturevalue(variant))))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    attentions = _attentions(model)
+    assert len(attentions) == json.loads(request.getfixturevalue(variant).with_name("config.json").read_text())[
+        "num_hidden_layers"]
+    consumers = {name: n for n in model.graph.node for name in n.input}
+    for bmm1, between, softmax in attentions:
+        ops = [n.op_type for n in between]
+        assert ops == ["Add"], f"only the mask add between Q·Kᵀ and Softmax, not {ops}"
+        add = between[0]
+        assert {types[name] for name in add.input} == {elem_type}, "the mask is added in the BMM dtype"
+        assert types[bmm1.output[0]] == types[softmax.input[0]] == types[softmax.output[0]] == elem_type
+        assert consumers[softmax.output[0]].op_type == "MatMul", "the probabilities go straight into ·V"
+
+
+def test_grouped_kv_heads_are_not_copied(tiny_onnx_fp16, tiny_checkpoint, encoder):
+    """K and V keep their kv_heads heads (the eager export repeated them with Tile): the query heads that
+    share a K/V head are stacked along the rows of Q, and the mask holds fp16's lowest value."""
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    heads, kv_heads, head_dim = (config[k] for k in ("num_attention_heads", "num_key_value_heads", "head_dim"))
+    assert heads // kv_heads > 1, "the tiny preset has grouped query heads"
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_onnx_fp16)))
+    assert not {"Tile", "Expand"} & {n.op_type for n in model.graph.node}
+    bmm1, (add,), _ = _attentions(model)[0]
+    mask = next(name for name in add.input if name != bmm1.output[0])
+    probes = [bmm1.input[0], bmm1.input[1], mask]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT16, None)
+                              for name in probes)
+    session = ort_session_from_proto(model)
+    rows = encoder.encode(FIXED_CASES[0].query, FIXED_CASES[0].passages)
+    batch = rp.left_pad(rows)
+    seq = batch.input_ids.shape[1]
+    q, k_t, additive = session.run(probes, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+    assert q.shape == (len(rows), kv_heads, heads // kv_heads * seq, head_dim)
+    assert k_t.shape == (len(rows), kv_heads, head_dim, seq)
+    assert additive.dtype == np.float16 and additive.shape == (len(rows), 1, 1, seq)
+    lowest = np.finfo(np.float16).min
+    np.testing.assert_array_equal(additive[:, 0, 0, :], np.where(batch.attention_mask > 0, 0.0, lowest))
+    assert (batch.attention_mask == 0).any(), "rows of several lengths, so some keys are masked"
+
+
+def ort_session_from_proto(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

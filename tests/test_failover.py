@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from gateway_helpers import expected_order
+from threads import Worker
 from rerank_build.server import Ports, free_ports
 from rerank_build.stack import ServePorts, ServingStack
 from rerank_client import RerankClient
@@ -76,7 +77,7 @@ def test_one_replica_killed_under_load(tiny_repository, server, artifacts):
 
     with stack:
         first, second = stack.tritons
-        threads = [threading.Thread(target=rest_flow), threading.Thread(target=client_flow)]
+        threads = [Worker(rest_flow, name="rest"), Worker(client_flow, name="client")]
         for t in threads:
             t.start()
         try:
@@ -101,6 +102,8 @@ def test_one_replica_killed_under_load(tiny_repository, server, artifacts):
             stop.set()
             for t in threads:
                 t.join(60)
+    for t in threads:
+        t.check(0)  # a flow whose thread died (an exception, a refused connection) fails the test
     print(f"\n[failover] REST via gateway: {dict(outcomes['rest'])}; client library (2 endpoints): "
           f"{dict(outcomes['client'])}; replica down for {back_at - killed_at:.1f}s; serving again "
           f"{serving_again - back_at:.1f}s after it was ready")

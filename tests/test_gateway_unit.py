@@ -118,3 +118,27 @@ def test_admission_settings():
     assert GatewaySettings.from_env({"RERANK_GATEWAY_ADMISSION_PASSAGES": "64"}).admission_passages == 64
     with pytest.raises(ValueError, match="admission_passages must not be negative"):
         GatewaySettings(admission_passages=-1)
+
+
+def test_an_unexpected_error_tells_the_client_an_id_and_logs_the_details(caplog):
+    """The catch-all 500: the exception's text (here a path and an address) stays in the gateway's log."""
+    from fastapi.testclient import TestClient
+
+    from rerank_gateway.app import create_app
+
+    app = create_app(GatewaySettings(triton="127.0.0.1:1"))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("cannot open /srv/secret/key.pem for 10.1.2.3:8001")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/boom")
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    body = answer.json()
+    assert body["object"] == "error" and body["type"] == "internal_error" and body["code"] == 500
+    assert "secret" not in answer.text and "10.1.2.3" not in answer.text and "RuntimeError" not in answer.text
+    incident = body["message"].split("(id ")[1].split(")")[0]
+    logged = [r for r in caplog.records if incident in r.getMessage()]
+    assert logged and "cannot open /srv/secret/key.pem" in "".join(
+        __import__("traceback").format_exception(*logged[0].exc_info))

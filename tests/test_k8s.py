@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -140,9 +141,35 @@ def test_placement_per_overlay(overlay, gpus):
 def test_the_engine_job_builds_aside_and_moves_into_place():
     job = next(j for j in render("gpu") if j["kind"] == "Job")
     script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert 'key="/engines/${product}/trt-${trt}/${PRECISION}"' in script, "the engine_key layout"
-    assert script.index("rerank-build engine") < script.index('mv -T "${work}" "${key}"'), "one rename, at the end"
-    assert "exit 0" in script.split("rerank-build export-onnx")[0], "an engine that is there is kept"
+    assert 'key="/engines/$(rerank-build engine-key --precision "${PRECISION}")"' in script, "the engine_key layout"
+    assert script.index("rerank-build engine ") < script.index('mv -T "${work}" "${key}"'), "one rename, at the end"
+    assert 'if [ -f "${key}/engine/model.plan" ]' in script.split("rerank-build export-onnx")[0], \
+        "an engine that is there is kept"
+    assert script.index("rerank-build repository") < script.index('mv -T "${part}" "${key}/${name}"')
+
+
+def job_environment(overlay: str) -> dict[str, str]:
+    job = next(j for j in render(overlay) if j["kind"] == "Job")
+    return {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_the_job_and_the_pods_use_one_engine_key():
+    """The Job's key comes from `rerank-build engine-key` (TensorRT cut to X.Y.Z, even when
+    tensorrt.__version__ prints four fields); the pods mount the same key, and the repository the Job
+    builds for their GPU count."""
+    env = job_environment("gpu")
+    done = subprocess.run([str(Path(sys.executable).with_name("rerank-build")), "engine-key", "--precision",
+                           env["PRECISION"], "--tensorrt", "10.11.0.33", "--gpu-name", "NVIDIA H100 80GB HBM3"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for overlay, repository in (("gpu", "repository"), ("gpu-multi", "repository-x2")):
+        spec = dict(pod_specs(render(overlay)))["triton"]
+        for container in (spec["initContainers"][0], spec["containers"][0]):
+            assert container["volumeMounts"][0]["subPath"] == done.stdout.strip()
+        assert f"--model-repository=/models/{repository}" in spec["containers"][0]["args"]
+        built = dict(item.split(":") for item in job_environment(overlay)["REPOSITORIES"].split())
+        assert built[repository] == ("0,1" if overlay == "gpu-multi" else "0"), "a Job builds what the pods serve"
+        assert f"/models/{repository}" in spec["initContainers"][0]["command"]
 
 
 def test_rollouts_never_drop_below_the_asked_replicas():

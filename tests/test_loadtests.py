@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +13,33 @@ from loadtests import bench, gateway_overhead, overload, run_loadtest, soak
 from loadtests.workload import Workload, WorkloadSpec
 
 pytestmark = pytest.mark.server
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table of a report, each a list of {column header: cell}."""
+    found: list[list[dict[str, str]]] = []
+    header: list[str] | None = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            found.append([])
+        elif not set(line) <= set("|-: "):
+            found[-1].append(dict(zip(header, cells)))
+    return found
+
+
+def numbers(cell: str) -> list[float]:
+    """The numbers in a cell ("1,234.5", "12%", "0.23 / 0.51 s")."""
+    return [float(x.replace(",", "")) for x in re.findall(r"-?\d[\d,]*\.?\d*(?:e[-+]?\d+)?", cell)]
+
+
+def sane(value: float, low: float = 0.0, high: float = math.inf) -> bool:
+    """Finite and within (low, high]: a rate, a time, a count that a run actually measured."""
+    return math.isfinite(value) and low < value <= high
 
 
 def test_workload_is_seeded_varied_and_multilingual(encoder):
@@ -43,10 +72,20 @@ def test_locust_smoke_run_writes_a_report(server, gateway, tmp_path):
     assert {"locust_stats.csv", "locust_stats_history.csv", "report.html", "summary.md", "latency.png",
             "throughput.png"} <= names
     with open(report / "locust_stats.csv") as fh:
-        types = {row["Type"] for row in csv.DictReader(fh) if row["Name"] == "rerank"}
-    assert types == {"rest-gateway", "grpc-client", "http-client", "grpc-raw", "http-raw"}
+        rows = {row["Type"]: row for row in csv.DictReader(fh) if row["Name"] == "rerank"}
+    assert set(rows) == {"rest-gateway", "grpc-client", "http-client", "grpc-raw", "http-raw"}
+    for kind, row in rows.items():  # every kind of user sent requests, none failed, each number is plausible
+        assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0, (kind, row)
+        assert sane(float(row["Requests/s"])), (kind, row)
+        assert 4 <= float(row["Average Content Size"]) <= 8, (kind, row)  # pairs per request: --passages 4,8
+        assert sane(float(row["50%"]), high=12_000) and float(row["50%"]) <= float(row["99%"]), (kind, row)
     summary = (report / "summary.md").read_text()
-    assert "pairs/s" in summary and "| **all** |" in summary and "- none" in summary
+    assert "- none" in summary, summary
+    (table,) = tables(summary)
+    total = next(r for r in table if r["type"] == "**all**")
+    assert int(total["requests"]) == sum(int(r["Request Count"]) for r in rows.values()) and total["failures"] == "0"
+    assert sane(float(total["pairs/s"])) and sane(float(total["requests/s"]))
+    assert 4 <= float(total["pairs/s"]) / float(total["requests/s"]) <= 8, total
 
 
 @pytest.mark.slow
@@ -90,6 +129,13 @@ def test_bench_quick_mode(tmp_path):
     ceiling = text.split("### Host ceiling")[1].split("###")[0]
     for row in ("| short | gRPC, client library |", "| long | REST gateway |"):
         assert row in ceiling, row
+    measured = [row for table in tables(text) for row in table if "pairs/s" in row and "skipped" not in row["pairs/s"]]
+    assert len(measured) >= 12, measured
+    for row in measured:  # every system that ran: a positive rate, ordered percentiles, a real share
+        assert sane(numbers(row["pairs/s"])[0]), row
+        assert sane(numbers(row["p50 ms"])[0]) and numbers(row["p50 ms"])[0] <= numbers(row["p99 ms"])[0], row
+        if row["padding efficiency"] != "-":
+            assert sane(numbers(row["padding efficiency"])[0], high=100), row
 
 
 @pytest.mark.slow
@@ -101,6 +147,14 @@ def test_gateway_overhead_quick_run(tiny_repository, tmp_path):
                 "| tiny | 1 x 200, 8 clients |"):
         assert row in report, row
     assert "of a core" in report
+    (table,) = tables(report)
+    assert len(table) == 4
+    for row in table:  # each path measured: p50 <= p95 (or a rate), positive, and the gateway's CPU share
+        for path in ("raw gRPC: p50 / p95 ms, or pairs/s", "client library, gRPC", "REST gateway"):
+            values = numbers(row[path])
+            assert values and all(sane(v) for v in values) and values == sorted(values)[:len(values)], (path, row)
+        cpu = numbers(row["gateway CPU"])[0]  # one request may round to 0.0 ms of CPU
+        assert math.isfinite(cpu) and 0 <= cpu <= 200, row
 
 
 def test_soak_growth_compares_floors():
@@ -110,6 +164,7 @@ def test_soak_growth_compares_floors():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 3 minutes of load after a 60 s warm-up, on top of the stack's start
 def test_soak_three_minutes(tiny_repository, tmp_path):
     """The CI version of `make soak DURATION=10m`: real Locust at saturation, RSS sampled, pass criteria.
 
@@ -135,6 +190,13 @@ def test_overload_quick_run(tiny_repository, tmp_path):
                           "--phase-s", "3", "--capacity-s", "3", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "overload-tiny.md").read_text()
     assert "| on | 3x |" in report and "| off | 3x |" in report and "Sustainable load" in report
+    assert sane(numbers(re.search(r"Sustainable load: ([\d.]+) requests/s", report).group(1))[0])
+    rows = {row["admission"]: row for table in tables(report) for row in table if "admission" in row}
+    for mode, row in rows.items():  # every request accounted for, some answered, nothing else failed
+        requests, ok, rejected = int(row["requests"]), int(row["200"]), numbers(row["503 (rejected share)"])[0]
+        assert requests > 0 and ok > 0 and ok + rejected + int(row["other failures"]) == requests, row
+        assert row["other failures"] == "0" and sane(numbers(row["goodput pairs/s"])[0]), row
+    assert numbers(rows["off"]["503 (rejected share)"])[0] == 0, "without admission nothing is refused"
 
 
 @pytest.mark.slow
@@ -145,6 +207,14 @@ def test_chunk_cost_quick_run(tiny_checkpoint, tmp_path):
                             "--max-sequence-length", "64", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "chunk-cost-tiny.md").read_text()
     assert "| 1 | CHUNK |" in report and "| 4 | END |" in report and "window logits" in report
+    rows = [row for table in tables(report) for row in table if "mode" in row]
+    assert len(rows) == 4
+    for row in rows:
+        assert float(row["seconds"]) >= 0 and sane(float(row["pairs/s"])) and int(row["tokens scored"]) > 0, row
+    by = {(row["concurrency"], row["mode"]): row for row in rows}
+    for c in ("1", "4"):  # CHUNK scores every window: more windows and tokens than END, never fewer
+        assert int(by[c, "CHUNK"]["windows"]) > int(by[c, "END"]["windows"]), by
+        assert int(by[c, "CHUNK"]["tokens scored"]) > int(by[c, "END"]["tokens scored"]), by
 
 
 def test_cpu_engines_quick_run(tiny_onnx_fp32, tmp_path):
@@ -154,3 +224,8 @@ def test_cpu_engines_quick_run(tiny_onnx_fp32, tmp_path):
                              "--out", str(tmp_path / "cpu.md")]) == 0
     report = (tmp_path / "cpu.md").read_text()
     assert "| 4 x 1024 | OpenVINO f32 |" in report and "| 32 x 128 | ONNX Runtime fp32 |" in report
+    (table,) = tables(report)
+    for row in table:
+        assert sane(float(row["ms per batch"])) and sane(float(row["pairs/s"].replace(",", ""))), row
+        if "f32" in row["runtime"] or "fp32" in row["runtime"]:  # the same computation: the same logits
+            assert float(row["max abs vs ONNX Runtime fp32"]) < 1e-3, row

@@ -152,6 +152,29 @@ def test_sdpa_and_eager_agree(tiny_checkpoint, case_rows):
     np.testing.assert_allclose(eager, sdpa, atol=1e-4)
 
 
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_tensorrt_form_equals_eager(kv_heads, encoder):
+    """The attention the fp16/bf16 exports trace (scale on Q, mask and softmax in the activation dtype,
+    grouped query heads stacked along the rows instead of K/V copied) is the eager reference's math:
+    in fp32 they agree to rounding, on left-padded batches, for 2 and 4 query heads per K/V head
+    (the full model has 4)."""
+    from dataclasses import replace
+
+    from rerank_build.checkpoint import init_weights
+    from rerank_build.config import preset
+    from rerank_build.reference import Reranker
+
+    config = replace(preset("tiny"), num_attention_heads=4, num_key_value_heads=kv_heads)
+    eager = Reranker(config, attn_impl="eager").eval()
+    init_weights(eager, torch.Generator().manual_seed(1))
+    fused = Reranker(config, attn_impl="tensorrt").eval()
+    fused.load_state_dict(eager.state_dict())
+    rows = [r for case in FIXED_CASES[:6] for r in encoder.encode(case.query, case.passages)]
+    assert len({len(r) for r in rows}) > 1, "rows of several lengths, so the batch is padded"
+    expected = logits(eager, rows)
+    np.testing.assert_allclose(logits(fused, rows), expected, rtol=0, atol=1e-5 * max(1.0, np.abs(expected).max()))
+
+
 @pytest.mark.parametrize("dtype,atol", [("bf16", 0.5), ("fp16", 0.05)])
 def test_reduced_precision_on_cpu(tiny_checkpoint, case_rows, dtype, atol):
     reference = logits(load_reranker(tiny_checkpoint), case_rows)

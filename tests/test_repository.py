@@ -117,6 +117,40 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path, tiny_checkpoint, tin
     assert (foreign / "precious.txt").exists()
 
 
+def test_an_interrupted_build_leaves_out_as_it_was(tmp_path, tiny_checkpoint, tiny_onnx_fp32):
+    """A build is written beside ``out`` and renamed into place: one that fails half-way (here the ONNX
+    file turns out to be missing after the tokenizer step is written) leaves ``out`` absent or the
+    previous complete repository, never a half-written, unmarked one that ``make serve`` refuses."""
+    out = tmp_path / "r"
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(RepositoryError, match="does not exist"):
+        build_repository(tiny_checkpoint, out, RepositorySettings(), onnx=missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing half-written, no building directory"
+    build_repository(tiny_checkpoint, out, RepositorySettings(), onnx=tiny_onnx_fp32)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RepositoryError, match="does not exist"):
+        build_repository(tiny_checkpoint, out, RepositorySettings(max_rows=8, engine_max_batch_size=8,
+                                                                  preferred_batch_sizes=(4, 8)), onnx=missing)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    # A build killed outright (SIGKILL) leaves its building directory: the next build removes it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".r.building-{dead.pid}-0badf00d"
+    (stale / "tokenizer").mkdir(parents=True)
+    build_repository(tiny_checkpoint, out, RepositorySettings(), onnx=tiny_onnx_fp32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and (out / MARKER).is_file()
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask(), "the same mode a plain mkdir gives"
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_exports_onnx_when_none_is_given(tmp_path, tiny_checkpoint):
     out = build_repository(tiny_checkpoint, tmp_path / "r", RepositorySettings())
     names = {p.name for p in (out / "engine" / "1").iterdir()}

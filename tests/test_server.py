@@ -4,6 +4,7 @@ batching. The server runs the tiny CPU repository (tokenizer -> ONNX Runtime eng
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from rerank_build.textgen import FIXED_CASES, random_cases
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
 
 from conftest import TEST_LIMITS
+from threads import Worker
 from triton_helpers import client, expect_invalid, infer_raw, texts
 
 pytestmark = pytest.mark.server
@@ -147,16 +149,19 @@ def test_bad_requests_do_not_hurt_concurrent_good_ones(server, tiny_model, encod
         goods.append(logits)
 
     def bad():
+        from tritonclient.utils import InferenceServerException
+
         try:
             infer_once(server.http_url, "http", DEFAULT_ENSEMBLE_NAME, QUERY, ["x", b"\xff"])
-        except Exception as exc:  # expected
-            errors.append(exc)
+        except InferenceServerException as exc:  # the refusal itself, not any failure (a refused connection)
+            if str(exc.status()) == "400" and "passage 1 is not valid UTF-8" in exc.message():
+                errors.append(exc)
 
-    threads = [threading.Thread(target=good if i % 2 else bad) for i in range(24)]
+    threads = [Worker(good if i % 2 else bad, name=f"{'good' if i % 2 else 'bad'}-{i}") for i in range(24)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.check(60)
     assert len(errors) == 12 and len(goods) == 12
     for logits in goods:
         np.testing.assert_allclose(logits, expected, atol=1e-4)
@@ -307,8 +312,32 @@ def test_stop_leaves_no_process(tiny_repository):
     assert not process_group_alive(pgid)
 
 
+#: Appended to this test's own copy of the engine model: execute waits while the file HOLD exists
+#: beside it, so the test decides when the engine is busy (a stopped stub would be declared dead).
+HOLD_ENGINE = """
+
+# --- test only (tests/test_server.py): hold execute while HOLD exists ---
+_real_execute = TritonPythonModel.execute
+
+
+def _held_execute(self, requests):
+    import time as _time
+
+    while os.path.exists(os.path.join(os.path.dirname(__file__), "HOLD")):
+        _time.sleep(0.01)
+    return _real_execute(self, requests)
+
+
+TritonPythonModel.execute = _held_execute
+"""
+
+
 def test_bounded_queue_rejects_overload_fast(tiny_checkpoint, tiny_onnx_fp32, artifacts):
-    """With max_queue_size set, a burst beyond the queue is refused at once with UNAVAILABLE / 503."""
+    """With max_queue_size set, requests beyond the queue are refused at once with UNAVAILABLE / 503.
+
+    Controlled slowness: this repository's engine holds its batch while a file exists, so the engine
+    keeps what it took and the queue stays full however fast the machine is: the rest is refused.
+    Released, the held requests are answered and the server keeps serving."""
     from concurrent.futures import ThreadPoolExecutor
 
     from rerank_build.repository import RepositorySettings, build_repository
@@ -317,23 +346,34 @@ def test_bounded_queue_rejects_overload_fast(tiny_checkpoint, tiny_onnx_fp32, ar
 
     repo = build_repository(tiny_checkpoint, artifacts / "repo-bounded",
                             RepositorySettings(**{**TEST_LIMITS, "max_queue_size": 1}), onnx=tiny_onnx_fp32)
+    engine = repo / "engine" / "1" / "model.py"
+    engine.write_text(engine.read_text() + HOLD_ENGINE)
+    hold = engine.with_name("HOLD")
     passages = ["word " * 200] * 32
 
-    with TritonServer(repo) as srv:
-        def one(i: int):
-            proto = "grpc" if i % 2 else "http"
-            try:
-                infer_once(srv.url(proto), proto, DEFAULT_ENSEMBLE_NAME, QUERY, passages, truncate="END")
-                return "ok"
-            except InferenceServerException as exc:
-                return str(exc.status()), exc.message()
+    def one(srv, i: int):
+        proto = "grpc" if i % 2 else "http"
+        try:
+            infer_once(srv.url(proto), proto, DEFAULT_ENSEMBLE_NAME, QUERY, passages, truncate="END", timeout_s=120)
+            return "ok"
+        except InferenceServerException as exc:
+            return str(exc.status()), exc.message()
 
-        with ThreadPoolExecutor(16) as pool:
-            outcomes = list(pool.map(one, range(32)))
-        rejected = [o for o in outcomes if o != "ok"]
-        assert rejected and "ok" in outcomes
+    with TritonServer(repo) as srv, ThreadPoolExecutor(8) as pool:
+        hold.touch()
+        try:
+            futures = [pool.submit(one, srv, i) for i in range(8)]
+            deadline = time.monotonic() + 60  # held: at most two 32-row requests in a batch, and one queued
+            while sum(f.done() for f in futures) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused_while_held = [f.result() for f in futures if f.done()]
+        finally:
+            hold.unlink()
+        outcomes = [f.result(120) for f in futures]
+        assert len(refused_while_held) >= 5 and "ok" not in refused_while_held, refused_while_held
         assert all(status in ("StatusCode.UNAVAILABLE", "503") and "queue" in message.lower()
-                   for status, message in rejected), rejected
+                   for status, message in refused_while_held), refused_while_held
+        assert outcomes.count("ok") == 8 - len(refused_while_held), "the held requests are answered once released"
         assert_still_serving(srv, "grpc")
 
 

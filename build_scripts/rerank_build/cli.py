@@ -49,31 +49,79 @@ def _cmd_repository(args: argparse.Namespace) -> int:
         from .engine_meta import gpu_defaults
 
         overrides = {**gpu_defaults(args.engine), **overrides}  # the engine's shapes unless set explicitly
+    if args.target == "gpu-onnx":
+        overrides = {**_onnx_gpu_defaults(args.checkpoint, overrides), **overrides}
     settings = RepositorySettings(**overrides)
     print(build_repository(args.checkpoint, args.out, settings, onnx=args.onnx, engine=args.engine,
                            force=args.force, reuse=args.reuse, triton_release=args.triton_release,
-                           serving_tensorrt=args.serving_tensorrt))
+                           serving_tensorrt=args.serving_tensorrt, gpu_memory_gib=args.gpu_memory_gib))
     return 0
+
+
+def _onnx_gpu_defaults(checkpoint: str, overrides: dict) -> dict:
+    """gpu-onnx: 64 rows per request and execution, and as many tokens per request as one execution
+    of the longest bucket holds (every accepted request then fits one execution)."""
+    from .checkpoint import resolve_checkpoint
+    from .config import RerankerConfig
+    from .onnx_gpu import onnx_gpu_defaults, plan_batches, request_tokens
+    from .repository import RepositorySettings
+
+    defaults = onnx_gpu_defaults()
+    shaped = RepositorySettings(**{**defaults, **overrides, "target": "gpu-onnx", "max_request_tokens": 1 << 30})
+    batches = plan_batches(RerankerConfig.from_file(resolve_checkpoint(checkpoint)), shaped.served_buckets,
+                           shaped.engine_max_batch_size)
+    return {**defaults, "max_request_tokens": request_tokens(batches, shaped.max_rows)}
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
     from rerank_contract.prompt import DEFAULT_BUCKETS
 
+    buckets = args.buckets or DEFAULT_BUCKETS
+    if args.plan_only:
+        import json
+
+        from .engine_plan import engine_plan, model_config
+
+        if args.onnx and args.preset:
+            raise ValueError("--plan-only takes --onnx or --preset, not both")
+        config, source = model_config(args.onnx, args.preset)
+        print(json.dumps(engine_plan(config, source, args.precision, buckets, args.max_batch,
+                                     args.max_tokens_per_execution, args.opt_tokens, args.buckets_per_profile,
+                                     args.workspace_gib, args.instances_per_gpu), indent=2))
+        return 0
+    if not args.onnx or not args.out or args.preset:
+        raise ValueError("building an engine needs --onnx and --out (--preset is for --plan-only)")
     from .engine_build import build_engine
 
-    print(build_engine(args.onnx, args.out, precision=args.precision, buckets=args.buckets or DEFAULT_BUCKETS,
+    print(build_engine(args.onnx, args.out, precision=args.precision, buckets=buckets,
                        max_batch=args.max_batch, opt_tokens=args.opt_tokens,
                        buckets_per_profile=args.buckets_per_profile, workspace_gib=args.workspace_gib,
-                       timing_cache=args.timing_cache, seed=args.seed))
+                       timing_cache=args.timing_cache, seed=args.seed, max_tokens=args.max_tokens_per_execution))
+    return 0
+
+
+def _cmd_engine_key(args: argparse.Namespace) -> int:
+    from .engine_meta import engine_key, gpu_description
+
+    version = args.tensorrt
+    if not version:
+        import tensorrt
+
+        version = tensorrt.__version__
+    gpu = args.gpu_name or gpu_description()["name"]
+    if gpu == "unknown":
+        raise ValueError("no GPU visible (nvidia-smi): pass --gpu-name")
+    print(engine_key(gpu, version, args.precision))
     return 0
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import calibration_feeds, quantize_fp8
+    from .quantize import LONG_ROW_TOKENS, calibration_feeds, quantize_fp8
 
     onnx_path = Path(args.onnx)
-    feeds = calibration_feeds(onnx_path.parent, n_pairs=args.calibration_pairs, seed=args.seed)
-    print(quantize_fp8(onnx_path, args.out, feeds))
+    long_rows = LONG_ROW_TOKENS if args.calibration_long_rows is None else args.calibration_long_rows
+    feeds = calibration_feeds(onnx_path.parent, n_pairs=args.calibration_pairs, seed=args.seed, long_rows=long_rows)
+    print(quantize_fp8(onnx_path, args.out, feeds, per_channel=args.weight_scales == "channel"))
     return 0
 
 
@@ -153,9 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repository", help="assemble a deployable Triton model repository")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
-    p.add_argument("--target", choices=["cpu", "gpu"], required=True)
+    p.add_argument("--target", choices=["cpu", "gpu", "gpu-onnx"], required=True,
+                   help="cpu: ONNX on OpenVINO/ONNX Runtime; gpu: a TensorRT engine; gpu-onnx: the fp16 ONNX in "
+                        "Triton's ONNX Runtime backend on CUDA (no engine build)")
     p.add_argument("--out", type=Path, default=Path("build/model_repository"))
-    p.add_argument("--onnx", help="cpu: an exported model.onnx (default: export fp32 from the checkpoint)")
+    p.add_argument("--onnx", help="cpu: an exported model.onnx (default: export fp32 from the checkpoint); gpu-onnx: "
+                                  "the fp16 export")
     p.add_argument("--engine", help="gpu: a TensorRT plan built by `rerank-build engine`")
     p.add_argument("--force", action="store_true", help="replace OUT even if rerank-build did not write it")
     p.add_argument("--reuse", action="store_true", help="keep OUT when built from the same sources and settings")
@@ -187,19 +238,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu: input shapes whose prepared kernels OpenVINO keeps (bounds its memory; default 500)")
     p.add_argument("--gpus", type=_int_list, help="gpu: device ids, e.g. 0,1")
     p.add_argument("--instances-per-gpu", dest="instances_per_gpu", type=int)
+    p.add_argument("--gpu-memory-gib", dest="gpu_memory_gib", type=float,
+                   help="gpu: the serving GPU's memory (default: what the engine build recorded); the deployment "
+                        "must fit it")
     p.add_argument("--triton-release", help="gpu: serving Triton release, e.g. 25.06 (its TensorRT must match)")
     p.add_argument("--serving-tensorrt", help="gpu: TensorRT version of the serving container, e.g. 10.11.0")
     p.set_defaults(func=_cmd_repository)
 
-    p = sub.add_parser("engine", help="build a TensorRT engine (inside NVIDIA's TensorRT container, on a GPU)")
-    p.add_argument("--onnx", required=True, help="model.onnx exported with the dtype the precision needs")
+    p = sub.add_parser("engine", help="build a TensorRT engine (inside NVIDIA's TensorRT container, on a GPU); "
+                                      "--plan-only: print its profiles and memory plan (no TensorRT needed)")
+    p.add_argument("--onnx", help="model.onnx exported with the dtype the precision needs")
     p.add_argument("--precision", choices=["fp16", "bf16", "fp8"], default="fp16")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--plan-only", action="store_true",
+                   help="print the profiles, token budget and device memory of the default deployment as JSON; "
+                        "needs neither TensorRT nor weights (dimensions from --onnx's config.json or --preset)")
+    p.add_argument("--preset", choices=["tiny", "small", "full"], help="--plan-only: the model's size (default full)")
+    p.add_argument("--instances-per-gpu", type=int, default=1, help="--plan-only: engine instances per GPU")
     p.add_argument("--buckets", type=_int_list, default=None, help="tokenizer length buckets (default 64..8192)")
     p.add_argument("--max-batch", type=int, default=64, help="rows per execution (Triton max_batch_size)")
+    p.add_argument("--max-tokens-per-execution", type=int, default=131072,
+                   help="token budget of one execution (rows x padded width): caps each profile")
     p.add_argument("--opt-tokens", type=int, default=16384, help="tokens per execution TensorRT tunes for")
     p.add_argument("--buckets-per-profile", type=int, default=2)
-    p.add_argument("--workspace-gib", type=float, default=8.0)
+    p.add_argument("--workspace-gib", type=float, default=1.0,
+                   help="tactic scratch limit; every execution context may use up to this much")
     p.add_argument("--timing-cache", help="persistent timing cache (default OUT/timing.cache)")
     p.add_argument("--seed", type=int, default=0, help="fp8 calibration text seed")
     p.set_defaults(func=_cmd_engine)
@@ -209,7 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --dtype fp16)")
     p.add_argument("--precision", choices=["fp8"], default="fp8")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/model.onnx and OUT/quantize_meta.json")
-    p.add_argument("--calibration-pairs", type=int, default=64)
+    p.add_argument("--calibration-pairs", type=int, default=64, help="short calibration pairs (<= 256 tokens)")
+    p.add_argument("--calibration-long-rows", type=_int_list,
+                   help="lengths of the long calibration rows, one row each (default 2048,4096,8192; '' for none)")
+    p.add_argument("--weight-scales", choices=["channel", "tensor"], default="channel",
+                   help="FP8 weight scales per output channel (TensorRT >= 10.6 on Hopper, 10.7 on Ada) or per tensor")
     p.add_argument("--seed", type=int, default=0, help="calibration text seed")
     p.set_defaults(func=_cmd_quantize)
 
@@ -218,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default="/models/repository")
     p.add_argument("--tensorrt", help="the serving TensorRT version (default: this Python's tensorrt)")
     p.set_defaults(func=_cmd_check_engine)
+
+    p = sub.add_parser("engine-key", help="print the engine volume's key for this node: <GPU product>/trt-X.Y.Z/"
+                                          "<precision> (the engine Job writes there, the Triton pods mount it)")
+    p.add_argument("--precision", choices=["fp16", "bf16", "fp8"], required=True)
+    p.add_argument("--tensorrt", help="TensorRT version (default: this Python's tensorrt); 4 fields are cut to X.Y.Z")
+    p.add_argument("--gpu-name", help="GPU product name (default: GPU 0 from nvidia-smi)")
+    p.set_defaults(func=_cmd_engine_key)
 
     p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
     p.add_argument("--repository", default="build/model_repository")

@@ -3,10 +3,15 @@
 Real code against the TensorRT Python API (10.x), imported lazily: it runs inside NVIDIA's TensorRT
 container on a GPU host (TensorRT cannot be installed on our CPU machines or in CI). Precision comes
 from the ONNX for strongly typed networks (TensorRT 10; mandatory from 10.12 and in 11): export fp16
-or bf16 ONNX, whose RMSNorm, softmax, pooling and head are already fp32. ``fp8`` first quantizes the
+or bf16 ONNX, whose RMSNorm, pooling and head are already fp32 (attention's scale, mask add and softmax
+stay in the matmul dtype, the form TensorRT fuses). ``fp8`` first quantizes the
 fp16 ONNX with :mod:`rerank_build.quantize` (FP8 Q/DQ on the linear layers only, calibrated on seeded
 text; the same graph whose accuracy ONNX Runtime measures on CPU).
-Every build writes ``model.plan``, ``engine_meta.json`` and reuses a persistent timing cache.
+Profiles are planned from the buckets and a token budget per execution (:mod:`rerank_build.profiles`);
+``--plan-only`` prints them and the deployment's memory estimate without TensorRT
+(:mod:`rerank_build.engine_plan`). Every build writes ``model.plan`` and ``engine_meta.json`` (with
+TensorRT's device memory per profile, the weights' size and the layer information of a DETAILED
+build, measured on the build GPU) and reuses a persistent timing cache, refusing a foreign one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from rerank_contract.prompt import DEFAULT_BUCKETS
 
 from .engine_meta import META_FILE, META_FORMAT, PRECISIONS, gpu_description
-from .profiles import INPUT_NAMES, Profile, plan_profiles
+from .engine_plan import DEFAULT_WORKSPACE_GIB
+from .profiles import DEFAULT_MAX_TOKENS, INPUT_NAMES, Profile, plan_profiles
 from .quantize import calibration_feeds, quantize_fp8
 
 if TYPE_CHECKING:  # pragma: no cover - the stubs (tensorrt-stubs, pinned) give mypy the API
@@ -119,14 +125,15 @@ def build_engine(
     max_batch: int = 64,
     opt_tokens: int = 16384,
     buckets_per_profile: int = 2,
-    workspace_gib: float = 8.0,
+    workspace_gib: float = DEFAULT_WORKSPACE_GIB,
     timing_cache: str | Path | None = None,
     seed: int = 0,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> Path:
     """Build ``out_dir/model.plan`` (+ ``engine_meta.json``); returns the plan's path."""
     onnx_path, out = Path(onnx_path), Path(out_dir)
     check_inputs(onnx_path, precision)
-    profiles = plan_profiles(buckets, max_batch, opt_tokens, buckets_per_profile)
+    profiles = plan_profiles(buckets, max_batch, max_tokens, opt_tokens, buckets_per_profile)
     import_tensorrt()
     import tensorrt as trt
 
@@ -145,9 +152,10 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    # Layer names, types, tactics and formats in the engine inspector's output (engine_meta.json).
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     cache_path = Path(timing_cache) if timing_cache else out / "timing.cache"
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    cache = attach_timing_cache(config, cache_path)  # must outlive the build
     monitor = progress_monitor()  # must outlive the build
     config.progress_monitor = monitor
     for profile in profiles:
@@ -157,21 +165,97 @@ def build_engine(
                                   trt.Dims(list(profile.max)))
         config.add_optimization_profile(trt_profile)
 
-    logger.info("building %s engine with %d profiles (max batch %d, buckets %s)", precision, len(profiles),
-                max_batch, list(buckets))
-    serialized = builder.build_serialized_network(network, config)
+    logger.info("building %s engine with %d profiles (max batch %d, %d tokens per execution, buckets %s)", precision,
+                len(profiles), max_batch, max_tokens, list(buckets))
+    built = builder.build_serialized_network(network, config)
     del monitor
-    if serialized is None:
+    if built is None:
         raise EngineBuildError("TensorRT failed to build the engine (see the messages above)")
+    serialized = bytes(built)
     plan = out / PLAN_FILE
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = engine_metadata(trt.__version__, precision, profiles, buckets, max_batch, onnx_path,
-                           time.perf_counter() - started, cache_path)
+    seconds = time.perf_counter() - started
+    del built, cache, config, parser, network, builder  # free the builder's memory before measuring the engine's
+    record = inspect_engine(serialized, len(profiles), int(workspace_gib * (1 << 30)))
+    meta = engine_metadata(trt.__version__, precision, profiles, buckets, max_batch, onnx_path, seconds, cache_path,
+                           max_tokens=max_tokens, record=record)
     # The plan appears last, and whole: a failed or killed build never leaves one a server could load.
     write_atomically(out / META_FILE, json.dumps(meta, indent=2).encode())
-    write_atomically(plan, bytes(serialized))
+    write_atomically(plan, serialized)
     logger.info("wrote %s (%.1f MB) in %.0fs", plan, plan.stat().st_size / 1e6, meta["build_seconds"])
     return plan
+
+
+def attach_timing_cache(config: "trt.IBuilderConfig", cache_path: Path) -> "trt.ITimingCache":
+    """Attach the persistent timing cache at ``cache_path`` (a new one if absent) to the builder config.
+
+    ``set_timing_cache`` returns False for a cache written on another GPU or by another TensorRT (with
+    ``ignore_mismatch=False``): refuse it here, loudly, before minutes of building, instead of
+    building without it (or crashing later) as an ignored return value would."""
+    data = cache_path.read_bytes() if cache_path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data)
+    except (RuntimeError, TypeError, ValueError) as exc:  # pybind11's translations of TensorRT's refusal
+        cache = None
+        reason = f": {exc}"
+    else:
+        reason = ""
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineBuildError(
+            f"TensorRT refused the timing cache {cache_path}{reason}: it was written by another TensorRT version or "
+            "on another GPU. Delete it (the build then starts a new one) or pass --timing-cache with a path of its own "
+            "per GPU product and TensorRT version"
+        )
+    return cache
+
+
+def inspect_engine(serialized: bytes, num_profiles: int, workspace_bytes: int) -> dict[str, Any]:
+    """What the built engine needs on this GPU: TensorRT's device memory per profile
+    (``get_device_memory_size_for_profile_v2``) and, measured with ``cudaMemGetInfo``, the engine's own
+    load (weights and kernels) and each context created as Triton creates them (ON_PROFILE_CHANGE, one
+    per profile, all alive together); plus the layer information (a DETAILED build's inspector, JSON)."""
+    import tensorrt as trt
+
+    from .cudart import CudaRuntime
+
+    cuda = CudaRuntime()
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    cuda.synchronize()
+    free_before, _ = cuda.mem_get_info()
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise EngineBuildError("TensorRT could not load the engine it just built (see the messages above)")
+    cuda.synchronize()
+    free_loaded, _ = cuda.mem_get_info()
+    stream = cuda.stream_create()
+    contexts, measured = [], []
+    for index in range(num_profiles):
+        before, _ = cuda.mem_get_info()
+        context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE)
+        if context is None:
+            raise EngineBuildError(f"TensorRT could not create an execution context for profile {index}")
+        if index and not context.set_optimization_profile_async(index, stream):
+            raise EngineBuildError(f"TensorRT could not select profile {index} in a new execution context")
+        cuda.stream_synchronize(stream)
+        after, _ = cuda.mem_get_info()
+        measured.append(before - after)
+        contexts.append(context)
+    inspector = engine.create_engine_inspector()
+    layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    record = {
+        "device_memory": {
+            "plan_bytes": len(serialized),
+            "weights_bytes": free_before - free_loaded,
+            "profile_bytes": [engine.get_device_memory_size_for_profile_v2(i) for i in range(num_profiles)],
+            "engine_device_memory_size_v2": engine.device_memory_size_v2,
+            "measured_context_bytes": measured,
+            "workspace_bytes": workspace_bytes,
+            "allocation_strategy": "ON_PROFILE_CHANGE",
+        },
+        "layers": layers,
+    }
+    del inspector, contexts, engine
+    return record
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -182,7 +266,14 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 def engine_metadata(trt_version: str, precision: str, profiles: Sequence[Profile], buckets: Sequence[int],
-                    max_batch: int, onnx_path: Path, seconds: float, cache_path: Path) -> dict[str, Any]:
+                    max_batch: int, onnx_path: Path, seconds: float, cache_path: Path, *,
+                    max_tokens: int = DEFAULT_MAX_TOKENS, record: dict[str, Any]) -> dict[str, Any]:
+    """``engine_meta.json``; ``record`` is :func:`inspect_engine`'s (device memory, layers)."""
+    layers = record.get("layers") or {}
+    layer_types: dict[str, int] = {}
+    for layer in layers.get("Layers", []) if isinstance(layers, dict) else []:
+        kind = str(layer.get("LayerType", "unknown")) if isinstance(layer, dict) else "unknown"
+        layer_types[kind] = layer_types.get(kind, 0) + 1
     return {
         "format": META_FORMAT,
         "tensorrt_version": trt_version,
@@ -191,6 +282,7 @@ def engine_metadata(trt_version: str, precision: str, profiles: Sequence[Profile
         "strongly_typed": True,
         "profiles": [p.to_dict() for p in profiles],
         "max_batch_size": max_batch,
+        "max_tokens_per_execution": max_tokens,
         "buckets": sorted(set(buckets)),
         "max_sequence_length": max(buckets),
         "inputs": {name: "int32 [batch, seq]" for name in INPUT_NAMES},
@@ -198,4 +290,7 @@ def engine_metadata(trt_version: str, precision: str, profiles: Sequence[Profile
         "onnx": {"path": os.fspath(onnx_path), "sha256": sha256(onnx_path), "dtype": onnx_dtype(onnx_path)},
         "timing_cache": os.fspath(cache_path),
         "build_seconds": round(seconds, 1),
+        "device_memory": record["device_memory"],
+        "layer_types": layer_types,
+        "layers": layers,
     }

@@ -3,11 +3,14 @@
 Contract (shared by ONNX, TensorRT and the Triton configs):
 - inputs ``input_ids`` and ``attention_mask``: int32 [batch, seq], left-padded, dynamic axes;
 - output ``logits``: fp32 [batch, 1] (raw logit; the head's division by temperature included).
-Legacy TorchScript exporter, opset 17, eager attention with an explicit bidirectional mask.
+Legacy TorchScript exporter, opset 17, explicit bidirectional mask. The fp32 export (ONNX Runtime and
+OpenVINO on CPU) traces the eager reference attention; fp16 and bf16 (TensorRT's sources) trace the
+same attention in the form TensorRT fuses (``attn_impl="tensorrt"``: scale, mask and softmax in the
+activation dtype, grouped K/V heads never copied; see :meth:`reference.Attention.tensorrt_form`).
 The graph guards itself (:class:`EngineGraph`), because a TensorRT engine has no Python layer in
 front of it: ids are clamped into ``[0, vocab)``, the mask is read as ``mask > 0``, and a row whose
 mask is all zeros scores :data:`EMPTY_ROW_LOGIT`. None of this changes a well-formed row's score.
-``fp16`` keeps RMSNorm, softmax, pooling and the head in fp32. Models over 2 GB are written
+``fp16`` keeps RMSNorm, pooling and the head in fp32. Models over 2 GB are written
 with ONNX external data (``model.onnx.data``) beside ``model.onnx``.
 """
 
@@ -40,6 +43,9 @@ EXTERNAL_DATA_FILE = "model.onnx.data"
 #: fp32 for ONNX Runtime on CPU; fp16 / bf16 for strongly typed TensorRT builds (ONNX Runtime's CPU
 #: provider runs fp16 through inserted casts, but has no bf16 kernels).
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
+#: The attention each dtype traces: fp32 stays the reference's eager form (its CPU runtimes fuse that
+#: pattern already); the TensorRT sources use the form TensorRT fuses into one attention kernel.
+EXPORT_ATTENTION = {"fp32": "eager", "fp16": "tensorrt", "bf16": "tensorrt"}
 PROTOBUF_LIMIT = 2 * 1024**3
 #: The logit of a row with no token to attend to: float32's lowest finite value. It is never a
 #: plausible score, sorts last, and stays valid JSON (NaN and -inf do not).
@@ -103,7 +109,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp32"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    model = load_reranker(ckpt_dir, dtype=dtype, attn_impl="eager")
+    model = load_reranker(ckpt_dir, dtype=dtype, attn_impl=EXPORT_ATTENTION[dtype])
     big = external_data if external_data is not None else (
         model.config.num_parameters() * (4 if dtype == "fp32" else 2) > PROTOBUF_LIMIT * 0.9)
     logger.info("external data: %s", "yes" if big else "no")
@@ -145,6 +151,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, dtype: str = "fp32"
     meta = {
         "dtype": dtype,
         "opset": OPSET,
+        "attention": EXPORT_ATTENTION[dtype],
         "inputs": {name: "int32 [batch, seq]" for name in INPUT_NAMES},
         "outputs": {OUTPUT_NAME: "float32 [batch, 1]"},
         "external_data": EXTERNAL_DATA_FILE if big else None,

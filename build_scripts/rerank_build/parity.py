@@ -28,7 +28,8 @@ from .textgen import FIXED_CASES, Case, random_cases
 logger = logging.getLogger(__name__)
 
 #: Max abs logit difference allowed per dtype (the random presets' logits spread with std 4). fp8:
-#: measured 0.50 (tiny) and 0.90 (small) for FP8 Q/DQ at every linear layer (docs/gpu.md).
+#: FP8 Q/DQ at every linear layer measured 0.79 (tiny) and 0.83 (small); the full preset misses it
+#: (1.75; random weights, docs/gpu.md).
 #: bf16-linear: the CPU engine's bf16 (OpenVINO, the linear layers in bf16, the rest in fp32) on an fp32
 #: export; bf16 alone is a bf16 export computed in fp32 (0.055, 0.071).
 TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1, "bf16-linear": 1e-1, "fp8": 1.0}

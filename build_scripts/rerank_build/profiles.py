@@ -1,10 +1,18 @@
-"""TensorRT optimization profiles planned from the tokenizer's length buckets.
+"""TensorRT optimization profiles planned from the tokenizer's length buckets and a token budget.
 
-Triton's dynamic batcher merges up to ``max_batch_size`` rows of ANY bucket into one execution, and
-the TensorRT backend fails the whole batch when no profile holds its shape. So every profile must
-hold ``max_batch_size`` rows at its longest bucket; what differs between profiles is the shape
-TensorRT tunes for (``opt``): short sequences at large batches, long sequences at small ones, from
-a token budget per execution. Pure Python (no TensorRT), so it is tested on CPU.
+Triton's dynamic batcher merges only requests of equal shape (the engine's inputs are not ragged, so
+core's ``SetConfiguredScheduler`` enforces equal shapes): a batch holds one bucket width, up to
+``max_batch_size`` rows. Left alone it would put 64 rows of 8,192 tokens (524,288 tokens, MLP tensors
+past 2^32 elements) into one execution. So each execution is capped by a **token budget**
+(``max_tokens``, default 131,072): at bucket ``b`` a batch holds ``min(max_batch, max_tokens // b)``
+rows, the engine's profile for ``b`` is exactly that large, and the batching strategy
+(``model_repository/engine_tensorrt/batchstrategy.c``) keeps Triton's batches inside it.
+
+Consecutive buckets that allow the same rows share a profile (at most ``per_profile`` of them): every
+profile is one execution context per instance, and with ``ON_PROFILE_CHANGE`` each context holds the
+activation memory of its own profile's largest shape, so fewer, smaller profiles use less memory.
+Profile 0 is the shortest (smallest) one: every context is created on profile 0 before it switches
+to its own, so that transient stays small. Pure Python (no TensorRT), tested on CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 INPUT_NAMES = ("input_ids", "attention_mask")
+#: Tokens (rows x padded width) one execution may hold by default.
+DEFAULT_MAX_TOKENS = 131072
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,10 @@ class Profile:
     def holds(self, batch: int, seq: int) -> bool:
         return self.min[0] <= batch <= self.max[0] and self.min[1] <= seq <= self.max[1]
 
+    @property
+    def max_tokens(self) -> int:
+        return self.max[0] * self.max[1]
+
     def to_dict(self) -> dict[str, list[int]]:
         return {k: list(v) for k, v in asdict(self).items()}
 
@@ -34,43 +48,63 @@ class Profile:
         return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
 
 
-def group_buckets(buckets: Sequence[int], per_profile: int = 2) -> list[list[int]]:
-    """Consecutive buckets, ``per_profile`` at a time (64,128 | 256,512 | ...)."""
+def rows_at(bucket: int, max_batch: int, max_tokens: int) -> int:
+    """Rows one execution may hold at ``bucket``: the batch size, capped by the token budget."""
+    return min(max_batch, max_tokens // bucket)
+
+
+def plan_profiles(buckets: Sequence[int], max_batch: int, max_tokens: int = DEFAULT_MAX_TOKENS,
+                  opt_tokens: int = 16384, per_profile: int = 2) -> list[Profile]:
+    """One profile per group of consecutive buckets that allow the same rows (at most ``per_profile``
+    buckets each); each holds those rows up to its longest bucket. ``opt`` is the shape TensorRT tunes
+    for: about ``opt_tokens`` tokens at the longest bucket."""
+    if max_batch < 1 or opt_tokens < 1 or per_profile < 1 or not buckets:
+        raise ValueError("plan_profiles needs buckets, max_batch >= 1, opt_tokens >= 1 and per_profile >= 1")
     ordered = sorted(set(buckets))
-    return [ordered[i:i + per_profile] for i in range(0, len(ordered), per_profile)]
-
-
-def plan_profiles(buckets: Sequence[int], max_batch: int, opt_tokens: int = 16384,
-                  per_profile: int = 2) -> list[Profile]:
-    """One profile per group of buckets; each holds ``max_batch`` rows up to its longest bucket."""
-    if max_batch < 1 or opt_tokens < 1 or not buckets:
-        raise ValueError("plan_profiles needs buckets, max_batch >= 1 and opt_tokens >= 1")
+    if max_tokens < ordered[-1]:
+        raise ValueError(f"a token budget of {max_tokens} per execution cannot hold one row of the longest bucket "
+                         f"({ordered[-1]})")
+    groups: list[list[int]] = []
+    for bucket in ordered:
+        last = groups[-1] if groups else None
+        if (last and len(last) < per_profile
+                and rows_at(last[0], max_batch, max_tokens) == rows_at(bucket, max_batch, max_tokens)):
+            last.append(bucket)
+        else:
+            groups.append([bucket])
     profiles, low = [], 1
-    for group in group_buckets(buckets, per_profile):
+    for group in groups:
         high = group[-1]
-        opt_batch = max(1, min(max_batch, opt_tokens // high))
-        profiles.append(Profile(min=(1, low), opt=(opt_batch, high), max=(max_batch, high)))
+        rows = rows_at(high, max_batch, max_tokens)
+        profiles.append(Profile(min=(1, low), opt=(max(1, min(rows, opt_tokens // high)), high), max=(rows, high)))
         low = high + 1
     return profiles
 
 
-def check_profiles(profiles: Sequence[Profile], buckets: Sequence[int], max_batch: int) -> list[str]:
-    """Problems that would make Triton refuse the engine or fail batches at run time."""
+def rows_by_width(profiles: Sequence[Profile]) -> str:
+    """The batching strategy's table, ``width:rows,...`` by increasing width (config parameter
+    ``batch_rows_by_width``): a batch of that width or narrower holds at most that many rows."""
+    return ",".join(f"{p.max[1]}:{p.max[0]}" for p in sorted(profiles, key=lambda p: p.max[1]))
+
+
+def check_profiles(profiles: Sequence[Profile], buckets: Sequence[int], max_rows: int,
+                   max_request_tokens: int) -> list[str]:
+    """Problems that would make a request the tokenizer accepts fail in the engine.
+
+    One request is never split: at bucket ``b`` it may carry ``min(max_rows, max_request_tokens // b)``
+    rows, and some profile must hold that many. (Batches of several requests are the batching
+    strategy's business: it never forms one that no profile holds.)"""
     problems = []
     if not profiles:
         return ["the engine has no optimization profile"]
     longest = max(p.max[1] for p in profiles)
     for bucket in sorted(set(buckets)):
+        need = min(max_rows, max_request_tokens // bucket)
         if bucket > longest:
             problems.append(f"bucket {bucket} is longer than any engine profile (longest {longest})")
-        elif not any(p.holds(max_batch, bucket) for p in profiles):
+        elif need >= 1 and not any(p.holds(need, bucket) for p in profiles):
             best = max((p.max[0] for p in profiles if p.min[1] <= bucket <= p.max[1]), default=0)
-            problems.append(f"max_batch_size {max_batch} at bucket {bucket} does not fit the profiles "
-                            f"(they hold at most {best} rows at that length)")
+            problems.append(f"a request of {need} rows at bucket {bucket} (max_rows {max_rows}, max_request_tokens "
+                            f"{max_request_tokens}) does not fit the profiles (they hold at most {best} rows at "
+                            f"that length): lower max_request_tokens or max_rows, or rebuild the engine")
     return problems
-
-
-def activation_bytes(hidden: int, intermediate: int, heads: int, profile: Profile, itemsize: int = 2) -> int:
-    """Rough peak activation memory of one execution at the profile's max shape (fused attention)."""
-    tokens = profile.max[0] * profile.max[1]
-    return tokens * (4 * hidden + 2 * intermediate) * itemsize + profile.max[0] * heads * profile.max[1] * 4

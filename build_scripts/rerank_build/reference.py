@@ -7,8 +7,10 @@ module and parameter names equal the real checkpoint's (``model.layers.{i}.self_
 
 Forward pass: embeddings -> pre-norm Llama layers with **bidirectional** attention (only a
 key-padding mask) -> final RMSNorm -> masked mean over the attention mask (BOS included) ->
-``score`` (no bias) / temperature. RMSNorm, the softmax, pooling and the head run in fp32 whatever
-the activation dtype, which is also what the fp16 ONNX export keeps.
+``score`` (no bias) / temperature. RMSNorm, pooling and the head run in fp32 whatever the activation
+dtype, which is also what the fp16 ONNX export keeps. The eager attention (the reference) computes
+its softmax in fp32 too; ``attn_impl="tensorrt"`` is the same attention written in the form
+TensorRT fuses, which the fp16/bf16 exports use (see :meth:`Attention.tensorrt_form`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from .config import RerankerConfig
 
 logger = logging.getLogger(__name__)
 
-AttnImpl = Literal["eager", "sdpa"]
+#: eager: the reference (softmax in fp32); sdpa: PyTorch's fused kernel (GPU reference); tensorrt:
+#: eager rewritten in the pattern TensorRT fuses into one attention kernel (fp16/bf16 exports).
+AttnImpl = Literal["eager", "sdpa", "tensorrt"]
 
 
 def llama3_inv_freq(config: RerankerConfig) -> torch.Tensor:
@@ -86,17 +90,42 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        groups = self.heads // self.kv_heads
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        if self.attn_impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), is_causal=False)
+        if self.attn_impl == "tensorrt":
+            out = self.tensorrt_form(q, k, v, mask)
         else:
-            scores = torch.matmul(q, k.transpose(2, 3)) * (1.0 / math.sqrt(self.head_dim))
-            probs = torch.softmax(scores.float() + mask, dim=-1).to(v.dtype)
-            out = torch.matmul(probs, v)
+            groups = self.heads // self.kv_heads
+            if groups > 1:
+                k = k.repeat_interleave(groups, dim=1)
+                v = v.repeat_interleave(groups, dim=1)
+            if self.attn_impl == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), is_causal=False)
+            else:
+                scores = torch.matmul(q, k.transpose(2, 3)) * (1.0 / math.sqrt(self.head_dim))
+                probs = torch.softmax(scores.float() + mask, dim=-1).to(v.dtype)
+                out = torch.matmul(probs, v)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+    def tensorrt_form(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The eager attention, written as the graph TensorRT fuses into one attention kernel.
+
+        TensorRT's developer guide, "Fused Attention" (Working with Transformers; primitive-layer
+        method: MatrixMultiply -> mask -> SoftMax -> MatrixMultiply) asks for the scale to be applied
+        to Q (or K) before the first batched matmul, and describes the add mask as an offset of Q·Kᵀ;
+        its operator reference ("Attention") requires a float mask of the same type as Q, K and V. So,
+        unlike the eager form, nothing between Q·Kᵀ and ·V leaves the activation dtype (no Cast to
+        fp32): the fused kernels accumulate and take the softmax in fp32 themselves. ``mask`` must
+        already be in that dtype (:class:`Backbone` builds it so).
+
+        Grouped-query heads: query heads ``h = kv * groups + g`` share K/V head ``kv`` (what
+        ``repeat_interleave`` expresses). Instead of copying K and V ``groups`` times, the ``groups``
+        query heads of one K/V head are stacked along the query rows: Q [B, N_kv, groups*T, H]
+        against K, V [B, N_kv, T, H] is an ordinary attention with S_q = groups*T and S_kv = T, and
+        each query row still takes its softmax over its own T keys, so the result is exact.
+        """
+        b, d = q.shape[0], self.head_dim
+        q = (q * (1.0 / math.sqrt(d))).reshape(b, self.kv_heads, -1, d)
+        probs = torch.softmax(torch.matmul(q, k.transpose(2, 3)) + mask, dim=-1)
+        return torch.matmul(probs, v).reshape(b, self.heads, -1, d)
 
 
 class MLP(nn.Module):
@@ -128,6 +157,7 @@ class Backbone(nn.Module):
 
     def __init__(self, config: RerankerConfig, attn_impl: AttnImpl) -> None:
         super().__init__()
+        self.attn_impl = attn_impl
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, attn_impl) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -142,9 +172,14 @@ class Backbone(nn.Module):
         freqs = pos[:, None] * self.inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos().to(h.dtype), emb.sin().to(h.dtype)
-        # Explicit 4D additive key-padding mask [B, 1, 1, T]: bidirectional, no causal term.
+        # Explicit 4D additive key-padding mask [B, 1, 1, T]: bidirectional, no causal term. The eager
+        # reference adds it in fp32; TensorRT's form adds it in the activation dtype, so its masked
+        # value is that dtype's lowest finite number (-65504 in fp16), which the dtype represents.
         keep = attention_mask.to(torch.float32)[:, None, None, :]
-        mask = (1.0 - keep) * torch.finfo(torch.float32).min
+        if self.attn_impl == "tensorrt":
+            mask = ((1.0 - keep) * torch.finfo(h.dtype).min).to(h.dtype)
+        else:
+            mask = (1.0 - keep) * torch.finfo(torch.float32).min
         for layer in self.layers:
             h = layer(h, cos, sin, mask)
         return self.norm(h, out_dtype=torch.float32)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import string
 from dataclasses import asdict, dataclass, fields
@@ -29,11 +30,11 @@ logger = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 MARKER = ".rerank-repository.json"
-TARGETS = ("cpu", "gpu")
+TARGETS = ("cpu", "gpu", "gpu-onnx")
 CPU_ENGINES = ("onnxruntime", "openvino")
 #: auto: bf16 where the serving CPU computes it natively, else f32 (decided when the engine loads).
 CPU_PRECISIONS = ("auto", "f32", "bf16")
-ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt"}
+ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
 CONTRACT = "rerank_contract"
@@ -74,7 +75,7 @@ class RepositorySettings:
     openvino_shape_cache: int = 500  # OpenVINO's prepared-kernel cache, in input shapes (bounds its memory)
     # gpu target
     gpus: tuple[int, ...] = (0,)
-    instances_per_gpu: int = 1
+    instances_per_gpu: int = 1  # fits an 80 GB GPU with the full model (2 do by estimate; docs/gpu.md, "Memory")
 
     def __post_init__(self) -> None:
         problems = []
@@ -152,12 +153,39 @@ class RepositorySettings:
         return values
 
 
+def gpu_batching_values(meta: dict[str, Any], settings: RepositorySettings) -> dict[str, str]:
+    """The GPU engine's batching: the strategy's limits from the engine's profiles, and every batch
+    size preferred (with no queue delay, in the template), so that Triton never grows a batch past
+    what the strategy admitted (docs/gpu.md, "Batches that fit a profile")."""
+    from .profiles import Profile, rows_by_width
+
+    profiles = [Profile.from_dict(p) for p in meta["profiles"]]
+    return {
+        "engine_batch_sizes": ", ".join(str(n) for n in range(1, settings.engine_max_batch_size + 1)),
+        "max_tokens_per_execution": str(meta["max_tokens_per_execution"]),
+        "rows_by_width": rows_by_width(profiles),
+    }
+
+
+def _onnx_gpu_values(ckpt_dir: Path, onnx: Path, settings: RepositorySettings) -> dict[str, str]:
+    from .onnx_gpu import check_onnx, onnx_gpu_values
+
+    try:
+        check_onnx(onnx)
+    except ValueError as exc:
+        raise RepositoryError(str(exc)) from None
+    values, problems = onnx_gpu_values(RerankerConfig.from_file(ckpt_dir), settings)
+    if problems:
+        raise RepositoryError("the gpu-onnx engine cannot serve these settings: " + "; ".join(problems))
+    values["instance_groups"] = instance_groups(settings.gpus, settings.instances_per_gpu, ())
+    return values
+
+
 def instance_groups(gpus: tuple[int, ...], per_gpu: int, profiles: tuple[int, ...]) -> str:
-    """One KIND_GPU group per device; every group lists every profile (else only profile 0 is used)."""
-    listed = ", ".join(f'"{p}"' for p in profiles)
-    return ",\n".join(
-        f"  {{ count: {per_gpu} kind: KIND_GPU gpus: [ {gpu} ] profile: [ {listed} ] }}" for gpu in gpus
-    )
+    """One KIND_GPU group per device; every group lists every TensorRT profile (else only profile 0 is
+    used); none for ONNX Runtime."""
+    listed = " profile: [ " + ", ".join(f'"{p}"' for p in profiles) + " ]" if profiles else ""
+    return ",\n".join(f"  {{ count: {per_gpu} kind: KIND_GPU gpus: [ {gpu} ]{listed} }}" for gpu in gpus)
 
 
 def fill(template: str, values: dict[str, str], source: str = "template") -> str:
@@ -193,12 +221,47 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _prepare_out(out: Path, force: bool) -> None:
+def _prepare_out(out: Path, force: bool) -> Path:
+    """Check that ``out`` may be replaced, and return an empty directory beside it to build in.
+
+    A build is written there and renamed into place (:func:`_move_into_place`), so an interrupted
+    build never leaves a half-written ``out`` (which the next ``make serve`` would refuse as unmarked).
+    Building directories that dead builds left beside ``out`` are removed here.
+    """
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file() and not force:
             raise RepositoryError(f"{out} exists and is not a repository written by rerank-build; use --force")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    left_behind = re.compile(rf"\.{re.escape(out.name)}\.(building|replaced)-(\d+)(-\w+)?")
+    for stale in out.parent.iterdir():
+        match = left_behind.fullmatch(stale.name)
+        if match and not _pid_alive(int(match.group(2))):
+            shutil.rmtree(stale, ignore_errors=True)
+    building = out.with_name(f".{out.name}.building-{os.getpid()}-{secrets.token_hex(4)}")
+    building.mkdir()  # mode from the umask, as out itself would get (mkdtemp's would be 0700)
+    return building
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(built: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``built`` with renames: at every moment ``out`` is the old
+    complete repository, absent, or the new complete one. (``out`` must not itself be a mount point:
+    give a directory inside the volume.)"""
+    replaced = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    if out.exists():
+        out.rename(replaced)
+    built.rename(out)
+    if replaced.exists():
+        shutil.rmtree(replaced)
 
 
 def _write_model(out: Path, deployed: str, template_dir: str, values: dict[str, str]) -> Path:
@@ -249,7 +312,7 @@ def _templates_digest() -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     for path in sorted(TEMPLATES.rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".pbtxt"):
+        if path.is_file() and path.suffix in (".py", ".pbtxt", ".c"):
             digest.update(path.relative_to(TEMPLATES).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -273,11 +336,13 @@ def build_repository(
     reuse: bool = False,
     triton_release: str | None = None,
     serving_tensorrt: str | None = None,
+    gpu_memory_gib: float | None = None,
 ) -> Path:
     """Write a complete repository under ``out``; returns ``out``.
 
     gpu: ``triton_release`` / ``serving_tensorrt`` name the serving container's TensorRT, which must be
-    the one the engine was built with.
+    the one the engine was built with; ``gpu_memory_gib`` overrides the GPU memory the build recorded
+    (the deployment must fit it).
     """
     from .checkpoint import resolve_checkpoint
 
@@ -290,35 +355,53 @@ def build_repository(
         return out
     if settings.target == "gpu" and not engine:
         raise RepositoryError("the gpu target needs --engine (a TensorRT plan built by `rerank-build engine`)")
-    if settings.target == "cpu" and engine:
-        raise RepositoryError("--engine is a TensorRT plan, for --target gpu; the cpu target serves ONNX")
+    if settings.target != "gpu" and engine:
+        raise RepositoryError(f"--engine is a TensorRT plan, for --target gpu; the {settings.target} target serves ONNX")
+    if settings.target == "gpu-onnx" and not onnx:
+        raise RepositoryError("the gpu-onnx target needs --onnx (the fp16 export: `rerank-build export-onnx --dtype fp16`)")
     gpu_meta = None
     if settings.target == "gpu":
         from .engine_meta import check_engine_for_repository
 
         gpu_meta = check_engine_for_repository(Path(engine), settings, triton_release,  # type: ignore[arg-type]
-                                               serving_tensorrt)
+                                               serving_tensorrt, gpu_memory_gib)
     values = settings.template_values(len(gpu_meta["profiles"]) if gpu_meta else 1)
+    if gpu_meta:
+        values.update(gpu_batching_values(gpu_meta, settings))
+    if settings.target == "gpu-onnx":
+        values.update(_onnx_gpu_values(ckpt_dir, Path(onnx), settings))  # type: ignore[arg-type]
     values["vocab_size"] = str(RerankerConfig.from_file(ckpt_dir).vocab_size)
-    _prepare_out(out, force)
+    final, out = out, _prepare_out(out, force)  # built beside ``final``, renamed into place
+    try:
+        tok_dir = _write_model(out, "tokenizer", "tokenizer", values)
+        copy_contract(tok_dir)
+        copy_tokenizer_files(ckpt_dir, tok_dir)
 
-    tok_dir = _write_model(out, "tokenizer", "tokenizer", values)
-    copy_contract(tok_dir)
-    copy_tokenizer_files(ckpt_dir, tok_dir)
+        engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
+        if settings.target == "cpu":
+            copy_contract(engine_dir)
+            _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
+        elif settings.target == "gpu-onnx":
+            from .batch_strategy import compile_strategy
 
-    engine_dir = _write_model(out, "engine", ENGINE_TEMPLATE[settings.target], values)
-    if settings.target == "cpu":
-        copy_contract(engine_dir)
-        _place_onnx(ckpt_dir, Path(onnx) if onnx else None, engine_dir)
-    else:
-        _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
-        (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
+            _place_onnx(ckpt_dir, Path(onnx), engine_dir)  # type: ignore[arg-type]
+            compile_strategy(engine_dir.parent)
+        else:
+            from .batch_strategy import compile_strategy
 
-    _write_model(out, "postprocess", "postprocess", values)
-    _write_model(out, settings.ensemble_name, "ensemble", values)
-    (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
-    logger.info("wrote %s repository to %s", settings.target, out)
-    return out
+            _link_or_copy(Path(engine), engine_dir / "model.plan")  # type: ignore[arg-type]
+            (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
+            compile_strategy(engine_dir.parent)
+
+        _write_model(out, "postprocess", "postprocess", values)
+        _write_model(out, settings.ensemble_name, "ensemble", values)
+        (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    _move_into_place(out, final)
+    logger.info("wrote %s repository to %s", settings.target, final)
+    return final
 
 
 def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:

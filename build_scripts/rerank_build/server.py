@@ -13,6 +13,7 @@ group on exit, so tests never leave a process behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
@@ -26,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .stubs import Stub, alive, python_stubs, remove_shm_regions
 
@@ -142,16 +144,29 @@ def server_command(repository: Path, ports: Ports, host: str = "127.0.0.1", log_
     ]
 
 
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up here, in the parent (None where there is none)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+_SIGTERM = int(signal.SIGTERM)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it when the process that started it dies (Linux), so a
     killed test run or benchmark never leaves a server behind. The kernel ties this to the thread
-    that forked, so :meth:`TritonServer.start` arms it only from the main thread."""
-    try:
-        import ctypes
+    that forked, so :meth:`TritonServer.start` arms it only from the main thread.
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:  # pragma: no cover - not Linux
-        pass
+    The forked child of a threaded process holds copies of the locks other threads held at the fork
+    (a module's import lock among them), so this runs no import and no lookup: one call into libc,
+    resolved in the parent."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM)
 
 
 def spawn(cmd: list[str], env: dict[str, str], log_path: Path | None) -> subprocess.Popen:

@@ -9,13 +9,13 @@
 from .aio import AsyncRerankClient
 from .core import RerankResult, ServerLimits
 from .errors import (
-    DeadlineExceededError, InputTooLongError, InvalidInputError, RerankError, ServerUnavailableError,
+    ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, RerankError, ServerUnavailableError,
 )
 from .formats import to_cohere, to_nim
 from .sync import RerankClient
 from .tensors import DEFAULT_ENSEMBLE_NAME
 
 __all__ = [
-    "AsyncRerankClient", "DEFAULT_ENSEMBLE_NAME", "DeadlineExceededError", "InputTooLongError", "InvalidInputError",
+    "AsyncRerankClient", "ClientClosedError", "DEFAULT_ENSEMBLE_NAME", "DeadlineExceededError", "InputTooLongError", "InvalidInputError",
     "RerankClient", "RerankError", "RerankResult", "ServerLimits", "ServerUnavailableError", "to_cohere", "to_nim",
 ]

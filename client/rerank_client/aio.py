@@ -1,19 +1,31 @@
 """asyncio client of the same shape as :class:`rerank_client.RerankClient`.
 
-One tritonclient aio client (gRPC channel or aiohttp session) per AsyncRerankClient, shared by all
-coroutines; requests of one call run concurrently under a semaphore; retries and the deadline work
-as in the sync client.
+One tritonclient aio client (a gRPC channel or an aiohttp session) per AsyncRerankClient, shared by
+all its coroutines and never replaced: after a failure gRPC reconnects the channel itself (backoff
+capped at 1 s, ``connection.py``) and aiohttp opens a new connection, so retries reuse it. Requests
+of one call run concurrently under a semaphore.
+
+Deadline: a call's ``timeout_s`` bounds all of it (the limits' first read, every attempt, the waits
+between them, halves of a request the server found too large): each attempt runs under
+``asyncio.wait_for`` with what is left (and, over gRPC, as the RPC's deadline too).
+
+Concurrency: any number of coroutines may share one client, on the event loop it was first used on
+(gRPC's aio channels belong to one loop); it is not for several threads or loops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from .core import ClientBase, RerankResult, ServerLimits, is_too_large, merge
-from .errors import DeadlineExceededError, InvalidInputError, ServerUnavailableError, classify
-from .tensors import RawResult, build_inputs, build_outputs, parse_result, Truncation
+from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
+from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
+from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
+
+T = TypeVar("T")
+#: One attempt: (transport client, seconds left of the call's deadline) -> answer.
+Attempt = Callable[[Any, float], Awaitable[T]]
 
 
 class AsyncRerankClient(ClientBase):
@@ -21,25 +33,19 @@ class AsyncRerankClient(ClientBase):
 
     def _init_transport(self) -> None:
         self._client: Any = None
-        self._retired: list[Any] = []  # replaced after errors; closed with the client (others may use them)
 
     def _connection(self) -> Any:
+        if self._closed:
+            raise ClientClosedError("the client is closed")
         if self._client is None:
             self._client = self.settings.async_client()
         return self._client
 
-    def _replace_client(self, client: Any) -> None:
-        """After a connection error: later attempts open a fresh connection."""
-        if client is not None and self._client is client:
-            self._client = None
-            self._retired.append(client)
-
     async def close(self) -> None:
-        """Close every connection. Idempotent."""
+        """Close the connection. Idempotent; calls running meanwhile fail with ClientClosedError."""
         self._closed = True
-        clients = [c for c in [self._client, *self._retired] if c is not None]
-        self._client, self._retired = None, []
-        for client in clients:
+        client, self._client = self._client, None
+        if client is not None:
             try:
                 await client.close()
             except Exception:  # noqa: BLE001 - a broken connection may fail to close
@@ -51,15 +57,15 @@ class AsyncRerankClient(ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _ready(self, client: Any) -> bool:
-        return bool(await client.is_server_ready(headers=self.settings.headers)
-                    and await client.is_model_ready(self.settings.model, headers=self.settings.headers))
+    async def _ready(self, client: Any, timeout_s: float) -> bool:
+        kwargs = {"client_timeout": timeout_s} if self.settings.protocol == "grpc" else {}
+        return bool(await client.is_server_ready(headers=self.settings.headers, **kwargs)
+                    and await client.is_model_ready(self.settings.model, headers=self.settings.headers, **kwargs))
 
     async def is_ready(self, timeout_s: float = 2.0) -> bool:
         """One check, for health probes: the server and the model are ready (False on any error)."""
-        client = self._connection()
         try:
-            return await asyncio.wait_for(self._ready(client), timeout=timeout_s)
+            return await self._attempt(self._ready, timeout_s)
         except Exception:  # noqa: BLE001 - down, starting or unreachable: not ready
             return False
 
@@ -67,27 +73,30 @@ class AsyncRerankClient(ClientBase):
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
-            client = self._connection()
             try:
-                if await self._ready(client):
+                if await self._attempt(self._ready, max(0.01, deadline - time.monotonic())):
                     return
+            except ClientClosedError:
+                raise
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
-                self._replace_client(client)
-            await asyncio.sleep(poll_s)
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
         raise ServerUnavailableError(f"server at {self.settings.url} not ready after {timeout_s:.0f}s"
                                      + (f": {last}" if last else ""))
 
     async def limits(self) -> ServerLimits:
-        """The server's published limits, read once."""
+        """The server's published limits, read once (within the client's ``timeout_s``)."""
+        return await self._read_limits(time.monotonic() + self.settings.timeout_s)
+
+    async def _read_limits(self, deadline: float) -> ServerLimits:
         if self._limits is None:
-            async def read(client: Any, _t: float) -> Any:
+            async def read(client: Any, left: float) -> Any:
                 if self.settings.protocol == "grpc":
                     return await client.get_model_config(self.settings.model, headers=self.settings.headers,
-                                                         as_json=True)
+                                                         as_json=True, client_timeout=left)
                 return await client.get_model_config(self.settings.model, headers=self.settings.headers)
 
-            config = await self._with_retry(read, time.monotonic() + self.settings.timeout_s)
+            config = await self._with_retry(read, deadline)
             self._limits = ServerLimits.from_config(config)
         return self._limits
 
@@ -95,13 +104,14 @@ class AsyncRerankClient(ClientBase):
                      truncate: str | None = None, return_text: bool = False,
                      timeout_s: float | None = None, chunk_overlap: int | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
-        or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared)."""
+        or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared).
+        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included."""
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
             self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
         budget = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + budget
-        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, await self.limits())
+        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, await self._read_limits(deadline))
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:
@@ -137,27 +147,24 @@ class AsyncRerankClient(ClientBase):
         kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
-        result = await asyncio.wait_for(
-            client.infer(self.settings.model, build_inputs(module, query, texts), outputs=build_outputs(module, truncate.chunked),
-                         **kwargs), timeout=timeout_s)
+        result = await client.infer(self.settings.model, build_inputs(module, query, texts),
+                                    outputs=build_outputs(module, truncate.chunked), **kwargs)
         return parse_result(result, truncate.chunked)
 
-    async def _with_retry(self, call, deadline: float):
-        attempt = 0
-        first_failure: float | None = None
+    async def _attempt(self, call: Attempt[T], timeout_s: float) -> T:
+        """One try, ended when ``timeout_s`` (what is left of the deadline) runs out."""
+        try:
+            return await asyncio.wait_for(call(self._connection(), timeout_s), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceededError(f"no answer within the {timeout_s:.2f}s left of the deadline",
+                                        "timeout") from None
+
+    async def _with_retry(self, call: Attempt[T], deadline: float) -> T:
+        retrying = Retrying(self.retry, deadline, lambda: self._closed)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceededError("deadline passed before the request could be sent")
-            client = self._connection()
             try:
-                return await call(client, remaining)
-            except asyncio.CancelledError:
+                return await self._attempt(call, retrying.remaining())
+            except (asyncio.CancelledError, ClientClosedError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below
-                error = classify(exc)
-                first_failure = first_failure or time.monotonic()
-                if error.retryable:
-                    self._replace_client(client)
-                await asyncio.sleep(self.retry.backoff(error, exc, attempt, deadline, first_failure))
-                attempt += 1
+            except Exception as exc:  # noqa: BLE001 - classified by Retrying
+                await asyncio.sleep(retrying.failed(exc))

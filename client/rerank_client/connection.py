@@ -14,6 +14,7 @@ requests.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl as ssl_module
 from dataclasses import dataclass
@@ -77,6 +78,11 @@ class ConnectionSettings:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.headers and self.protocol == "grpc":
             self.headers = {k.lower(): v for k, v in self.headers.items()}  # gRPC metadata keys are lowercase
+        # A missing file fails every attempt alike: say so now, instead of retrying until the deadline.
+        for name in ("root_certificates", "private_key", "certificate_chain"):
+            path = getattr(self, name)
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"{name} file {path!r} does not exist")
 
     # gRPC: reconnect quickly after a server restart (the default backoff grows to 120 s); spread
     # requests over every address the target resolves to (one address: no difference).
@@ -117,8 +123,9 @@ class ConnectionSettings:
         return aio.InferenceServerClient(self.url, conn_timeout=self.timeout_s, ssl=self.ssl,
                                          ssl_context=self._ssl_context() if self.ssl else None)
 
-    def model_config(self, client: Any) -> dict[str, Any]:
-        """The ensemble's config as a dict, whatever the protocol."""
+    def model_config(self, client: Any, timeout_s: float | None = None) -> dict[str, Any]:
+        """The ensemble's config as a dict, whatever the protocol (sync clients). ``timeout_s``: gRPC's
+        deadline for the call (the sync HTTP client is bounded by its caller's timer instead)."""
         if self.protocol == "grpc":
-            return client.get_model_config(self.model, headers=self.headers, as_json=True)
+            return client.get_model_config(self.model, headers=self.headers, as_json=True, client_timeout=timeout_s)
         return client.get_model_config(self.model, headers=self.headers)

@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from rerank_contract import names
 from rerank_contract import prompt as rp
 
 from .connection import ConnectionSettings
-from .errors import DeadlineExceededError, InvalidInputError, RerankError
+from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, RerankError, classify
 from .tensors import RawResult, Truncation
 
 #: Template + BOS overhead in tokens ("question:" ... " \n \n passage:").
@@ -134,11 +134,15 @@ def _pack(members: list[int], weight: Sequence[int], per_request: int) -> list[l
     return [g for g in groups if g]
 
 
+#: The limits whose refusal a smaller request avoids; every such refusal names its limit in
+#: parentheses (``rerank_contract.prompt.encode_request``), so nothing else is mistaken for one.
+SPLITTABLE_LIMITS = (names.MAX_ROWS_PER_REQUEST, names.MAX_TOKENS_PER_REQUEST, names.MAX_BYTES_PER_REQUEST)
+
+
 def is_too_large(error: InvalidInputError) -> bool:
     """The server's "more than the limit ... per request" refusal (rows, CHUNK windows, padded tokens,
-    bytes): worth splitting, not failing."""
-    return "per request" in error.message and any(unit in error.message for unit in ("padded tokens", "passages",
-                                                                                       "bytes"))
+    bytes): worth splitting, not failing. Told by the limit's name, which every such refusal carries."""
+    return any(f"({limit})" in error.message for limit in SPLITTABLE_LIMITS)
 
 
 @dataclass
@@ -176,6 +180,32 @@ class RetryPolicy:
         if time.monotonic() + delay >= deadline:
             raise DeadlineExceededError(f"deadline passed while retrying: {error.message}",
                                         error.status) from cause
+        return delay
+
+
+class Retrying:
+    """One call's retry state, shared by the sync and async loops: what is left of its deadline before
+    each attempt, and the wait after a failure (or the error that ends the call)."""
+
+    def __init__(self, policy: RetryPolicy, deadline: float, closed: Callable[[], bool]) -> None:
+        self.policy, self.deadline, self.closed = policy, deadline, closed
+        self.attempt = 0
+        self.first_failure: float | None = None
+
+    def remaining(self) -> float:
+        """Seconds left for the next attempt; DeadlineExceededError when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceededError("deadline passed before the request could be sent")
+        return left
+
+    def failed(self, exc: BaseException) -> float:
+        """The wait before the next attempt after ``exc``, or the error that ends the call."""
+        if self.closed():
+            raise ClientClosedError("the client was closed while the call ran") from exc
+        self.first_failure = self.first_failure or time.monotonic()
+        delay = self.policy.backoff(classify(exc), exc, self.attempt, self.deadline, self.first_failure)
+        self.attempt += 1
         return delay
 
 
@@ -271,7 +301,7 @@ class ClientBase:
               chunk_overlap: int | None, limits: ServerLimits) -> tuple[Truncation, list[list[int]]]:
         """Validate a call and split it into requests: (truncation, passage indices per request)."""
         if self._closed:
-            raise RerankError("client is closed")
+            raise ClientClosedError("the client is closed")
         check_arguments(query, passages, top_n)
         mode = truncate or self.truncate
         overlap = chunk_overlap if chunk_overlap is not None else self.chunk_overlap

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import socket
+import ssl
+import sys
 
 
 class RerankError(Exception):
@@ -36,6 +39,10 @@ class DeadlineExceededError(RerankError, TimeoutError):
     """The call's deadline passed before every request was answered."""
 
 
+class ClientClosedError(RerankError):
+    """The client was closed before or while the call ran (``close()`` from another thread)."""
+
+
 _RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.ABORTED",
                      "503", "502", "504", "429"}
 _INVALID_STATUS = {"StatusCode.INVALID_ARGUMENT", "400"}
@@ -63,25 +70,40 @@ def classify(exc: BaseException) -> RerankError:
         # A python-backend stub that died: Triton 2.51 never restarts it, but `rerank-build serve`'s
         # watchdog restarts tritonserver, so the request is worth retrying.
         dead_stub = "Stub process" in message and "is not healthy" in message
-        if (status in _RETRYABLE_STATUS or status is None or loading or dead_stub
-                or _looks_like_connection_error(message)):
+        # No status: tritonclient refused the call itself (a bad argument), which no retry changes.
+        if status in _RETRYABLE_STATUS or loading or dead_stub or (status is not None
+                                                                   and _looks_like_connection_error(message)):
             return ServerUnavailableError(message, status)
         return RerankError(message, status)
     if isinstance(exc, _TIMEOUTS):
         return DeadlineExceededError(str(exc) or "request timed out", "timeout")
-    if isinstance(exc, (ConnectionError, socket.error, OSError, EOFError)) or _is_transport_error(exc):
+    if _is_connection_error(exc):
         return ServerUnavailableError(f"{type(exc).__name__}: {exc}", "connection")
     return RerankError(f"{type(exc).__name__}: {exc}")
+
+
+#: OSErrors that mean "the connection failed or dropped": worth another try. Any other OSError (a
+#: missing certificate file, a permission problem) fails the same way every time.
+_CONNECTION_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT,
+                      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.ENOTCONN}
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """A connection that could not be made or dropped (retryable); never a TLS certificate problem."""
+    if isinstance(exc, ssl.SSLError):
+        return isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError))  # the peer went away mid-stream
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectionError):
+        return not isinstance(exc, (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch))
+    if isinstance(exc, (ConnectionError, EOFError, socket.gaierror)):
+        return True  # refused, reset, aborted, broken pipe; a name that did not resolve (as gRPC's UNAVAILABLE)
+    if isinstance(exc, OSError):
+        return exc.errno in _CONNECTION_ERRNOS
+    # geventhttpclient (the sync HTTP client): the server closed the connection before answering.
+    return type(exc).__module__.startswith("geventhttpclient") and "connection closed" in str(exc).lower()
 
 
 def _looks_like_connection_error(message: str) -> bool:
     lowered = message.lower()
     return any(s in lowered for s in ("connection refused", "failed to connect", "connection reset",
                                       "broken pipe", "socket closed", "unavailable"))
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """aiohttp / geventhttpclient errors without importing either eagerly."""
-    module = type(exc).__module__ or ""
-    return module.startswith(("aiohttp", "geventhttpclient", "http.client", "gevent"))
-

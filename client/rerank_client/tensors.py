@@ -51,13 +51,17 @@ class Truncation:
 
 
 def protocol_module(protocol: str) -> Any:
-    """``tritonclient.grpc`` or ``tritonclient.http``."""
-    if protocol == "grpc":
-        import tritonclient.grpc as module
-    elif protocol == "http":
-        import tritonclient.http as module
-    else:
+    """``tritonclient.grpc`` or ``tritonclient.http``; each comes with its extra of rerank-client."""
+    if protocol not in ("grpc", "http"):
         raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except (ImportError, RuntimeError) as exc:  # tritonclient says RuntimeError when grpcio / gevent are missing
+        raise ImportError(f"protocol={protocol!r} needs tritonclient's {protocol} support: "
+                          f"pip install 'rerank-client[{protocol}]' ({exc})") from exc
     return module
 
 

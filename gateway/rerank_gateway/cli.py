@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -60,10 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rerank-gateway: {exc}", file=sys.stderr)
         return 2
     os.environ.update(settings.to_env())  # workers build their app from the environment
+    # Several workers keep their metrics in files (prometheus-client's multiprocess mode). A directory
+    # made here is this run's alone and goes with it; one given in PROMETHEUS_MULTIPROC_DIR (e.g. a
+    # Kubernetes emptyDir) is the deployment's to manage.
+    made = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerank-gateway-metrics-")
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerank-gateway-metrics-")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run("rerank_gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log,
-                timeout_graceful_shutdown=10)
+    try:
+        uvicorn.run("rerank_gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log,
+                    timeout_graceful_shutdown=10)
+    finally:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
     return 0

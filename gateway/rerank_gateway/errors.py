@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import typing
+import uuid
 from typing import Any, Iterable, Mapping
 
 from fastapi import FastAPI, Request
@@ -149,6 +150,9 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error")
-        return error_response(500, f"Internal error: {type(exc).__name__}: {exc}")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The exception's text may carry paths, addresses or data: it goes to the log, under an id the
+        # client is given to quote, never into the answer.
+        incident = uuid.uuid4().hex[:12]
+        logger.exception("unexpected error %s on %s %s", incident, request.method, request.url.path)
+        return error_response(500, f"Internal error (id {incident}): the gateway's log has the details")

@@ -8,6 +8,7 @@ the client library's, not rewritten here. One client per worker process, made in
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,6 +39,8 @@ class Scorer:
         self.settings = settings
         self._client: AsyncRerankClient | None = None
         self._admission: Admission | None = None
+        self._seen_ready = False  # Triton has been ready since this worker started
+        self._down_since: float | None = None  # first check that found it unavailable since (monotonic)
         # Names are matched as NIM names its Triton models: case and punctuation do not matter, so
         # the hosted route's "llama-3_2-..." path and LiteLLM's rewritten body names match too.
         self._accepted = {triton_model_name(n) for n in settings.model_names} | {triton_model_name(settings.ensemble)}
@@ -59,8 +62,29 @@ class Scorer:
             await self._client.close()
             self._client = None
 
-    async def ready(self) -> bool:
-        return await self.client.is_ready(timeout_s=2.0)
+    async def ready(self) -> tuple[bool, float | None]:
+        """(whether this gateway takes requests, seconds Triton has been seen unavailable, or None).
+
+        Ready while Triton is, and also for ``ride_through_s`` after a check first found it unavailable:
+        a request arriving then waits for Triton (the client retries for that long), so the gateway can
+        still answer it. Mirroring Triton's readiness instead would take every gateway pod out of its
+        Service during a Triton restart or rollout, failing requests the ride-through would have held
+        (docs/operations.md). Not ready before Triton was first seen ready, nor past the ride-through.
+        """
+        if await self.client.is_ready(timeout_s=2.0):
+            self._up()
+            return True, None
+        if not self._seen_ready:
+            return False, None
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        down = now - self._down_since
+        return down < self.settings.ride_through_s, down
+
+    def _up(self) -> None:
+        self._seen_ready = True
+        self._down_since = None
 
     async def limits(self) -> ServerLimits:
         return await self.client.limits()
@@ -111,6 +135,7 @@ class Scorer:
             metrics.PASSAGES_IN_FLIGHT.dec(len(passages))
             if admission:
                 admission.release(charge, len(passages))
+        self._up()  # Triton answered
         if any(not math.isfinite(r.logit) for r in results):  # never let a bare NaN into a JSON body
             raise ApiError(500, "The engine returned a non-finite score")
         tokens = sum(r.token_count for r in results)

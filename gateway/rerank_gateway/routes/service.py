@@ -38,12 +38,21 @@ async def live() -> dict[str, str]:
     return {"object": "health.response", "message": "Service is live.", "status": "live"}
 
 
-@router.get("/v1/health/ready", summary="200 only while the Triton ensemble is ready, else 503")
+@router.get("/v1/health/ready", summary="200 while requests can be answered: Triton is ready, or was within the "
+                                         "ride-through; else 503")
 async def ready(request: Request) -> JSONResponse:
     scorer: Scorer = request.app.state.scorer
-    if await scorer.ready():
-        return JSONResponse({"object": "health.response", "message": "Service is ready.", "status": "ready"})
-    message = f"Service is not ready: the ensemble {scorer.settings.ensemble} at {scorer.settings.triton} is not ready"
+    ride_through = scorer.settings.ride_through_s
+    is_ready, down_s = await scorer.ready()
+    if is_ready:
+        message = "Service is ready." if down_s is None else (
+            f"Service is ready: Triton has been unavailable for {down_s:.1f} s; requests wait up to "
+            f"{ride_through:g} s for it (ride_through_s)")
+        return JSONResponse({"object": "health.response", "message": message, "status": "ready"})
+    # Triton's address is not published: these probes are unauthenticated.
+    why = ("it has not been ready since the gateway started" if down_s is None
+           else f"it has been unavailable for {down_s:.1f} s, longer than the ride-through ({ride_through:g} s)")
+    message = f"Service is not ready: the Triton ensemble {scorer.settings.ensemble} is not ready ({why})"
     return JSONResponse({"object": "health.response", "message": message, "status": "not ready"},
                         status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
@@ -62,8 +71,7 @@ async def metadata(request: Request) -> dict[str, Any]:
         logger.info("metadata without Triton's limits: %s", exc)
     return {"version": __version__,
             "modelInfo": [{"shortName": settings.served_model_name, "modelUrl": f"https://huggingface.co/{names.MODEL_ID}"}],
-            "models": list(settings.model_names), "triton": {"url": settings.triton, "ensemble": settings.ensemble},
-            "limits": limits}
+            "models": list(settings.model_names), "limits": limits}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
