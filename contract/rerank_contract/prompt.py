@@ -369,40 +369,28 @@ def encode_request(
 RUN_COST_TOKENS = 64
 
 
-def run_width(length: "int | np.ndarray", granularity: int = 8, coarse_above: int = 0,
-              coarse_granularity: int = 64) -> "int | np.ndarray":
-    """A run's width for rows up to ``length`` tokens: a multiple of ``granularity``, and of
-    ``coarse_granularity`` above ``coarse_above`` (0: never), so that fewer distinct shapes occur."""
-    length = np.asarray(length)
-    step = np.where((coarse_above > 0) & (length > coarse_above), coarse_granularity, granularity)
-    return np.maximum(granularity, -(-length // step) * step)
-
-
 def compact_runs(lengths: "Sequence[int] | np.ndarray", max_tokens: int, granularity: int = 8,
-                 run_cost: int = RUN_COST_TOKENS, coarse_above: int = 0, coarse_granularity: int = 64,
-                 row_sizes: "Sequence[int] | None" = None) -> list[tuple[np.ndarray, int]]:
+                 run_cost: int = RUN_COST_TOKENS) -> list[tuple[np.ndarray, int]]:
     """Regroup left-padded rows by true length for an engine that accepts any width (CPU).
 
     Returns (row indices, width) per run. Rows are sorted by length and cut into consecutive runs
     that minimise padded tokens + ``run_cost`` per run (an exact dynamic programme over the sorted
-    rows), with at most ``max_tokens`` padded tokens per run (a longer row runs alone). Widths come
-    from :func:`run_width`, and with ``row_sizes`` (which must hold 1) a run holds one of those
-    numbers of rows, so that shapes repeat. Scores do not depend on padding.
+    rows), with at most ``max_tokens`` padded tokens per run (a longer row runs alone). Widths are
+    multiples of ``granularity``, so shapes repeat. Scores do not depend on padding.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
-    widths = run_width(lengths[order], granularity, coarse_above, coarse_granularity)
-    sizes = np.asarray(sorted(row_sizes), dtype=np.int64) if row_sizes else None
+    widths = np.maximum(granularity, -(-lengths[order] // granularity) * granularity)
     n = len(order)
     best = np.zeros(n + 1)  # best[j]: the cheapest cost of the j shortest rows
     cut = np.zeros(n + 1, dtype=np.int64)  # where the last run of that optimum starts
     for j in range(1, n + 1):
         width = int(widths[j - 1])  # the widest row of any run ending at j
-        most = min(j, max(1, max_tokens // width))
-        starts = j - (sizes[sizes <= most] if sizes is not None else np.arange(most, 0, -1))
-        cost = best[starts] + (j - starts) * width + run_cost
+        first = max(0, j - max(1, max_tokens // width))
+        starts = np.arange(first, j)
+        cost = best[first:j] + (j - starts) * width + run_cost
         k = int(np.argmin(cost))
-        best[j], cut[j] = cost[k], starts[k]
+        best[j], cut[j] = cost[k], first + k
     runs: list[tuple[np.ndarray, int]] = []
     j = n
     while j > 0:

@@ -150,10 +150,10 @@ def _reads_inside(node, inside: set) -> bool:
     return True
 
 
-def openvino_runner(path, threads, precision, shape_cache, extra_config=None):
+def openvino_runner(path, threads, precision, shape_cache):
     """Compile ``path`` for the CPU in ``precision`` (f32 or bf16, see above); returns
     ``run(ids, mask) -> logits`` [rows, 1] fp32. ``shape_cache``: OpenVINO's per-shape kernel cache,
-    in input shapes (0: OpenVINO's default); ``extra_config``: more CPU properties (experiments)."""
+    in input shapes (0: OpenVINO's default)."""
     import openvino as ov
 
     if precision not in PRECISIONS:
@@ -167,7 +167,6 @@ def openvino_runner(path, threads, precision, shape_cache, extra_config=None):
         config["CPU_RUNTIME_CACHE_CAPACITY"] = str(shape_cache)
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
-    config.update(extra_config or {})
     compiled = core.compile_model(model, "CPU", config)
     output = compiled.output("logits")
     return lambda ids, mask: np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[output], np.float32)
