@@ -129,6 +129,15 @@ def test_bench_quick_mode(tmp_path):
     ceiling = text.split("### Host ceiling")[1].split("###")[0]
     for row in ("| short | gRPC, client library |", "| long | REST gateway |"):
         assert row in ceiling, row
+    # The server's CPU registers (summed over tritonserver, its stubs and the gateway, over phases long
+    # enough for the kernel's 10 ms ticks) and splits by part; the host cores one H100 needs are finite.
+    ceiling_rows = [line.split(" | ") for line in ceiling.splitlines() if line.startswith("| ") and "---" not in line
+                    and "workload" not in line]
+    assert len(ceiling_rows) == 6, ceiling
+    for cells in ceiling_rows:
+        assert float(cells[3]) > 0 and "tokenizer" in cells[5] and "tritonserver" in cells[5], cells
+        assert all(np.isfinite(float(x)) and float(x) > 0 for x in cells[7].rstrip(" |").split(" / ")), cells
+    assert "One H100 needs at most" in ceiling and "What to change first" in ceiling
     measured = [row for table in tables(text) for row in table if "pairs/s" in row and "skipped" not in row["pairs/s"]]
     assert len(measured) >= 12, measured
     for row in measured:  # every system that ran: a positive rate, ordered percentiles, a real share

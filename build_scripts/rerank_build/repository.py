@@ -410,8 +410,9 @@ def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
     if onnx is None:
         logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
         export_onnx(ckpt_dir, engine_dir, dtype="fp32")
-        for extra in engine_dir.iterdir():
-            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", CONTRACT, "export_meta.json"):
+        for extra in engine_dir.iterdir():  # the export's by-products, not the template's modules
+            if extra.suffix != ".py" and extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, CONTRACT,
+                                                            "export_meta.json"):
                 extra.unlink()
         return
     if not onnx.is_file():
