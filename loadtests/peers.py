@@ -5,10 +5,14 @@ tokens its batching feeds the model (``padding``), from exact token counts:
 - ``OursRunner``: the Triton ensemble through our client library (gRPC or HTTP); its padding is
   read from the engine's own counters;
 - ``CrossEncoderRunner``: sentence-transformers' CrossEncoder on the model's single templated string;
-- ``VllmRunner``: vLLM's CPU build serving the checkpoint (``/classify``), in its own venv.
-sentence-transformers and vLLM load the checkpoint as stock ``LlamaForSequenceClassification``
-(causal attention, last-token pooling): the same weights and the same work per token, but not the
-model's scores. They are speed peers only; fidelity is ours to prove (tests, parity).
+- ``VllmRunner``: vLLM's CPU build serving the checkpoint (``/classify``), in its own venv, set up as
+  its CPU docs say (tcmalloc and Intel OpenMP preloaded).
+vLLM serves the model faithfully through its own ``LlamaBidirectionalForSequenceClassification``
+(bidirectional attention, mean pooling read from the config's ``pooling``; :func:`bidirectional_view`).
+sentence-transformers loads the checkpoint as stock ``LlamaForSequenceClassification`` (causal
+attention, last-token pooling): the same weights and work per token, not the model's scores; the
+bench measures every system's error against the reference beside its speed.
+Every runner also returns the raw logits of a request (``logits``), in the passages' order.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from rerank_contract import prompt as rp
 
 from .workload import Request
@@ -34,6 +40,10 @@ class Runner:
     name = "runner"
 
     def score(self, request: Request) -> None:
+        self.logits(request)
+
+    def logits(self, request: Request) -> np.ndarray:
+        """Raw logits (no sigmoid) in the order of ``request.passages``."""
         raise NotImplementedError
 
     def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
@@ -53,26 +63,50 @@ class OursRunner(Runner):
         # A benchmark saturates the server on purpose: calls may wait long in its queue.
         self.client = RerankClient(url, protocol, truncate="END", max_concurrency=max_concurrency, timeout_s=3600)
 
-    def score(self, request: Request) -> None:
-        self.client.rerank(request.query, list(request.passages))
+    def logits(self, request: Request) -> np.ndarray:
+        out = np.empty(request.pairs, dtype=np.float32)
+        for result in self.client.rerank(request.query, list(request.passages)):
+            out[result.index] = result.logit
+        return out
 
     def close(self) -> None:
         self.client.close()
 
 
-def llama_seqcls_view(checkpoint: Path, out: Path) -> Path:
-    """The checkpoint as stock ``LlamaForSequenceClassification`` (same weight names) for peers.
-
-    Its tokenizer's pair template is ``<bos> $A $B``, so that the pair (templated string, "")
-    tokenizes exactly like the model's single templated string.
-    """
+def _link_files(checkpoint: Path, out: Path, rewritten: tuple[str, ...]) -> None:
+    """Hard links (copies across filesystems) of the checkpoint's files but ``rewritten``."""
     out.mkdir(parents=True, exist_ok=True)
     for item in checkpoint.iterdir():
-        if item.name not in ("config.json", "tokenizer.json") and not (out / item.name).exists():
+        if item.is_file() and item.name not in rewritten and not (out / item.name).exists():
             try:
                 os.link(item, out / item.name)
             except OSError:
                 shutil.copy2(item, out / item.name)
+
+
+def bidirectional_view(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint as vLLM serves this model faithfully: ``LlamaBidirectionalForSequenceClassification``
+    (kept from the checkpoint with ``pooling``, which vLLM maps to its mean pooling) under
+    ``model_type: llama``, which vLLM's config loader knows (``llama_bidirec`` needs remote code), and a
+    ``pad_token_id``. Tokenizer and weights unchanged."""
+    _link_files(checkpoint, out, ("config.json",))
+    config = json.loads((checkpoint / "config.json").read_text())
+    if config.get("architectures") != ["LlamaBidirectionalForSequenceClassification"] or "pooling" not in config:
+        raise ValueError(f"{checkpoint} is not a LlamaBidirectionalForSequenceClassification with pooling")
+    config.pop("rerank_preset", None)
+    config.update(model_type="llama", num_labels=1, pad_token_id=rp.EOS_ID)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def llama_seqcls_view(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint as stock ``LlamaForSequenceClassification`` (same weight names; causal attention,
+    last-token pooling: not the model's scores) for sentence-transformers' CrossEncoder.
+
+    Its tokenizer's pair template is ``<bos> $A $B``, so that the pair (templated string, "")
+    tokenizes exactly like the model's single templated string.
+    """
+    _link_files(checkpoint, out, ("config.json", "tokenizer.json"))
     config = json.loads((checkpoint / "config.json").read_text())
     for key in ("pooling", "temperature", "rerank_preset"):
         config.pop(key, None)
@@ -99,9 +133,10 @@ class CrossEncoderRunner(Runner):
         self.identity = torch.nn.Identity()
         self.batch_size = batch_size
 
-    def score(self, request: Request) -> None:
+    def logits(self, request: Request) -> np.ndarray:
         pairs = [(rp.format_pair(request.query, p), "") for p in request.passages]
-        self.model.predict(pairs, batch_size=self.batch_size, activation_fn=self.identity, show_progress_bar=False)
+        return np.asarray(self.model.predict(pairs, batch_size=self.batch_size, activation_fn=self.identity,
+                                             show_progress_bar=False), dtype=np.float32).reshape(-1)
 
     def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
         ordered = sorted(counts, reverse=True)  # CrossEncoder.predict sorts by length, then batches
@@ -129,12 +164,33 @@ def ensure_vllm(venv: Path) -> tuple[Path | None, str]:
     return python, ""
 
 
+#: Where Debian/Ubuntu put tcmalloc: ``libgoogle-perftools4`` (full) or ``libtcmalloc-minimal4``.
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def vllm_preload(python: Path) -> tuple[str, str]:
+    """``LD_PRELOAD`` for vLLM's CPU build as its docs ask (tcmalloc, then the Intel OpenMP its wheel
+    ships), and a line saying what was found; a missing library is named, not fatal."""
+    found, missing = [], []
+    tcmalloc = next((p for p in TCMALLOC if Path(p).exists()), None)
+    (found if tcmalloc else missing).append(tcmalloc or "tcmalloc (apt-get install libgoogle-perftools4)")
+    prefix = python.parent.parent
+    iomp = next(iter(sorted(prefix.glob("lib/libiomp5.so")) + sorted(prefix.glob("lib/python3*/site-packages/**/libiomp5.so"))),
+                None)
+    (found if iomp else missing).append(str(iomp) if iomp else "libiomp5.so (from the vLLM wheel)")
+    note = "LD_PRELOAD " + " ".join(Path(p).name for p in found if p) + (
+        f"; MISSING: {', '.join(missing)}" if missing else "")
+    return ":".join(str(p) for p in found if p), note
+
+
 class VllmRunner(Runner):
     def __init__(self, python: Path, view: Path, port: int, log: Path, start_timeout_s: float = 600,
                  precision: str = "fp32") -> None:
         self.name = "vLLM CPU (/classify, continuous batching)"
         self.url = f"http://127.0.0.1:{port}"
         self.model = str(view)
+        preload, self.setup = vllm_preload(python)
+        env = {**os.environ, "LD_PRELOAD": ":".join(filter(None, (preload, os.environ.get("LD_PRELOAD"))))}
         self.proc = subprocess.Popen(
             [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(view), "--runner", "pooling",
              "--dtype", "bfloat16" if precision == "bf16" else "float32",
@@ -145,7 +201,7 @@ class VllmRunner(Runner):
              # Every system sees the same requests in every pass; a prefix cache would answer the second
              # pass from the first one's KV blocks (measured: 9x), which real traffic does not repeat.
              "--no-enable-prefix-caching"],
-            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.monotonic() + start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -158,14 +214,19 @@ class VllmRunner(Runner):
         self.close()
         raise RuntimeError(f"vLLM not ready after {start_timeout_s:.0f}s (see {log})")
 
-    def score(self, request: Request) -> None:
-        body = json.dumps({"model": self.model, "input": [rp.format_pair(request.query, p)
-                                                          for p in request.passages]}).encode()
+    def logits(self, request: Request) -> np.ndarray:
+        # use_activation false: the raw logit, not vLLM's sigmoid of it.
+        body = json.dumps({"model": self.model, "use_activation": False,
+                           "input": [rp.format_pair(request.query, p) for p in request.passages]}).encode()
         req = urllib.request.Request(f"{self.url}/classify", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=600) as response:
-            data = json.loads(response.read())
-        if len(data.get("data", [])) != request.pairs:
-            raise RuntimeError(f"vLLM answered {len(data.get('data', []))} of {request.pairs} pairs")
+            data = json.loads(response.read()).get("data", [])
+        if len(data) != request.pairs:
+            raise RuntimeError(f"vLLM answered {len(data)} of {request.pairs} pairs")
+        out = np.empty(request.pairs, dtype=np.float32)
+        for item in data:
+            out[item["index"]] = item["probs"][0]
+        return out
 
     def padding(self, request: Request, counts: Sequence[int]) -> tuple[int, int]:
         return sum(counts), sum(counts)  # variable-length batching: no padding

@@ -102,17 +102,42 @@ def test_locust_run_fails_on_unexpected_failures(server, gateway, tmp_path):
 
 @pytest.mark.slow
 def test_bench_quick_mode(tmp_path):
+    from rerank_build.cpu_runtime import bf16_native
+
     assert bench.main(["--quick", "--no-docs", "--reports", str(tmp_path)]) == 0
     text = next(tmp_path.iterdir()).joinpath("bench.md").read_text()
     for workload in ("### short:", "### mixed:", "### long:"):
         assert workload in text, workload
-    for system in ("| ours (Triton, gRPC), OpenVINO | fp32 | 1 |", "| ours (Triton, gRPC), OpenVINO | fp32 | 2 |",
-                   "| ours (Triton, gRPC), ONNX Runtime | fp32 |", "| sentence-transformers CrossEncoder | fp32 |",
-                   "| vLLM CPU | fp32 | 1 | skipped: QUICK mode", "matmul peak, measured in this run"):
+    default = f"| {bench.DEFAULT_SYSTEM} | {'bf16' if bf16_native() else 'fp32'} |"
+    for system in (f"{default} 1 |", f"{default} 2 |", "| ours, OpenVINO | fp32 | 1 |", "| ours, OpenVINO | fp32 | 2 |",
+                   "| ours, ONNX Runtime | fp32 |", f"| {bench.CROSS_ENCODER} | fp32 |",
+                   f"| {bench.VLLM} | fp32 | 1 | skipped: QUICK mode", "matmul peak, measured in this run"):
         assert system in text, system
     assert "### Overhead: tiny preset, 64 passages" in text and "padding efficiency" in text
-    ours = [line for line in text.splitlines() if line.startswith("| ours (Triton, gRPC)")]
-    assert all("%" in line.split("|")[8] for line in ours), "padding efficiency from the engine's counters"
+    ours = [line for line in text.splitlines() if line.startswith("| ours") and "| 1 |" in line]
+    assert ours and all("%" in line.split("|")[8] for line in ours), "padding efficiency from the engine's counters"
+    # Accuracy beside speed: every system that ran, against the reference on the same pairs.
+    accuracy = text.split("### Accuracy against the fp32 reference")[1].split("###")[0]
+    rows = {line.split(" | ")[0][2:] + " " + line.split(" | ")[1]: line for line in accuracy.splitlines()
+            if line.startswith("| ") and "---" not in line and "system" not in line}
+    assert rows["ours, OpenVINO fp32"].endswith("| yes |") and rows["ours, ONNX Runtime fp32"].endswith("| yes |")
+    assert rows[f"{bench.DEFAULT_SYSTEM} {'bf16' if bf16_native() else 'fp32'}"].endswith("| yes |")
+    assert rows[f"{bench.CROSS_ENCODER} fp32"].endswith("| **no** |"), "a causal view is not the model"
+    assert "skipped: QUICK mode" in rows[f"{bench.VLLM} fp32"]
+    equal = text.split("### Pairs/s at equal accuracy")[1].split("###")[0]
+    assert "| short | 1 |" in equal and "none meets the bound" in equal and "not run" in equal
+    ceiling = text.split("### Host ceiling")[1].split("###")[0]
+    for row in ("| short | gRPC, client library |", "| long | REST gateway |"):
+        assert row in ceiling, row
+    # The server's CPU registers (summed over tritonserver, its stubs and the gateway, over phases long
+    # enough for the kernel's 10 ms ticks) and splits by part; the host cores one H100 needs are finite.
+    ceiling_rows = [line.split(" | ") for line in ceiling.splitlines() if line.startswith("| ") and "---" not in line
+                    and "workload" not in line]
+    assert len(ceiling_rows) == 6, ceiling
+    for cells in ceiling_rows:
+        assert float(cells[3]) > 0 and "tokenizer" in cells[5] and "tritonserver" in cells[5], cells
+        assert all(np.isfinite(float(x)) and float(x) > 0 for x in cells[7].rstrip(" |").split(" / ")), cells
+    assert "One H100 needs at most" in ceiling and "What to change first" in ceiling
     measured = [row for table in tables(text) for row in table if "pairs/s" in row and "skipped" not in row["pairs/s"]]
     assert len(measured) >= 12, measured
     for row in measured:  # every system that ran: a positive rate, ordered percentiles, a real share

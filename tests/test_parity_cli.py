@@ -32,15 +32,21 @@ def cli_artifacts(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
-def test_parity_passes(cli_artifacts, dtype):
+@pytest.mark.parametrize("dtype,runtime,precision,tolerance", [
+    ("fp32", "onnxruntime", "f32", "0.0001"), ("fp32", "openvino", "f32", "0.0001"),
+    ("fp32", "openvino", "bf16", "0.1"), ("fp16", "auto", "f32", "0.05")])
+def test_parity_passes(cli_artifacts, dtype, runtime, precision, tolerance):
+    """Every CPU engine at every precision it serves (ONNX Runtime f32, OpenVINO f32, OpenVINO bf16: the
+    linear layers in bf16, what `auto` picks on an AVX512-BF16/AMX CPU), plus the fp16 export."""
     done = run_cli("parity", "--checkpoint", str(cli_artifacts / "ckpt0"),
-                   "--onnx", str(cli_artifacts / dtype / "model.onnx"))
+                   "--onnx", str(cli_artifacts / dtype / "model.onnx"), "--runtime", runtime, "--precision", precision)
     print(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert any(line.startswith("fixed00") for line in lines) and any(line.startswith("rand11") for line in lines)
-    assert "PASS" in lines[-1] and ("tolerance 0.0001" in lines[-1] if dtype == "fp32" else "tolerance 0.05" in lines[-1])
+    assert "PASS" in lines[-1] and f"tolerance {tolerance}" in lines[-1], lines[-1]
+    if runtime != "auto":
+        assert ("OpenVINO" if runtime == "openvino" else "ONNX Runtime") in done.stdout
 
 
 def test_parity_fails_on_a_different_model(cli_artifacts):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rerank_build.repository import (
-    MARKER, RepositoryError, RepositorySettings, build_repository, contract_files, fill, instance_groups,
+    MARKER, TEMPLATES, RepositoryError, RepositorySettings, build_repository, contract_files, fill, instance_groups,
     parse_config, template_parameters,
 )
 
@@ -155,6 +155,9 @@ def test_exports_onnx_when_none_is_given(tmp_path, tiny_checkpoint):
     out = build_repository(tiny_checkpoint, tmp_path / "r", RepositorySettings())
     names = {p.name for p in (out / "engine" / "1").iterdir()}
     assert {"model.onnx", "model.py", "export_meta.json"} <= names and "tokenizer.json" not in names
+    # Every module of the template stays (model.py imports openvino_engine.py), only the export's by-products go.
+    template = {p.name for p in (TEMPLATES / "engine_onnx" / "1").glob("*.py")}
+    assert "openvino_engine.py" in template and template <= names, template - names
 
 
 def test_cli_errors_are_clear(tmp_path, tiny_checkpoint):

@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for --onnx: auto = OpenVINO for a bf16 export (ONNX Runtime has no bf16 CPU kernels), "
                         "else ONNX Runtime")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
-                   help="OpenVINO's inference precision (bf16: computed in bf16 on AVX512-BF16/AMX CPUs)")
+                   help="OpenVINO's precision as the CPU engine runs it (bf16: the linear layers in bf16, the rest "
+                        "in fp32; AVX512-BF16/AMX CPUs)")
     p.set_defaults(func=_cmd_parity)
 
     p = sub.add_parser("repository", help="assemble a deployable Triton model repository")
@@ -231,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: engine instances")
     p.add_argument("--cpu-engine", dest="cpu_engine", choices=["onnxruntime", "openvino"],
                    help="cpu: the runtime of the engine step (default openvino)")
-    p.add_argument("--precision", dest="cpu_precision", choices=["f32", "bf16"],
-                   help="cpu: OpenVINO's precision (bf16 where the CPU has AVX512-BF16/AMX)")
+    p.add_argument("--precision", dest="cpu_precision", choices=["auto", "f32", "bf16"],
+                   help="cpu: OpenVINO's precision: bf16 runs the linear layers in bf16, the rest in fp32; auto "
+                        "(default) = bf16 where the serving CPU has AVX512-BF16/AMX, else f32")
     p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")
     p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)
     p.add_argument("--openvino-shape-cache", dest="openvino_shape_cache", type=int,

@@ -1,21 +1,38 @@
-"""Run an exported ONNX on the CPU: ONNX Runtime, or OpenVINO (the only one of the two with bf16).
+"""Run an exported ONNX on the CPU: ONNX Runtime, or OpenVINO exactly as the CPU engine step runs it.
 
-ONNX Runtime's CPU provider has no bf16 kernels, so the bf16 export (the TensorRT bf16 source) runs
-in OpenVINO, which reads bf16 weights and, on CPUs with AVX512-BF16 or AMX, computes in bf16 when
-asked (``precision="bf16"``: ``INFERENCE_PRECISION_HINT``). Both return ``logits`` [batch, 1] fp32
-for int32 ``input_ids`` / ``attention_mask``, the engine step's contract.
+OpenVINO comes from the engine's own module (``model_repository/engine_onnx/1/openvino_engine.py``, the
+file a repository ships), so that parity checks and engine benchmarks measure the served precision:
+``f32``, or ``bf16`` (the linear layers in bf16, everything else in fp32, on CPUs with AVX512-BF16 or
+AMX). ONNX Runtime's CPU provider has no bf16 kernels; the bf16 export (the TensorRT bf16 source) also
+runs in OpenVINO, which reads bf16 weights. Both return ``logits`` [batch, 1] fp32 for int32
+``input_ids`` / ``attention_mask``, the engine step's contract.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import numpy as np
 
 RUNTIMES = ("onnxruntime", "openvino")
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ENGINE_MODULE = Path(__file__).resolve().parents[2] / "model_repository" / "engine_onnx" / "1" / "openvino_engine.py"
+
+
+@cache
+def openvino_engine() -> ModuleType:
+    """The engine step's OpenVINO module, imported from the repository template."""
+    spec = importlib.util.spec_from_file_location("rerank_openvino_engine", ENGINE_MODULE)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def onnxruntime_model(onnx_path: str | Path, threads: int = 0) -> Model:
@@ -27,28 +44,12 @@ def onnxruntime_model(onnx_path: str | Path, threads: int = 0) -> Model:
 
 def bf16_native() -> bool:
     """AVX512-BF16 or AMX, as OpenVINO sees it (the engine step's test before serving bf16)."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return bool(openvino_engine().cpu_has_bf16())
 
 
 def openvino_model(onnx_path: str | Path, precision: str = "f32", threads: int = 0) -> Model:
-    """OpenVINO on the CPU; ``precision`` is its inference precision hint (``f32`` or ``bf16``)."""
-    import openvino as ov
-
-    if precision not in ("f32", "bf16"):
-        raise ValueError(f"OpenVINO precision must be f32 or bf16, got {precision!r}")
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": precision}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
-    compiled = core.compile_model(core.read_model(os.fspath(onnx_path)), "CPU", config)
-    output = compiled.output("logits")
-
-    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[output], dtype=np.float32)
-
-    return run
+    """OpenVINO on the CPU as the engine step runs it; ``precision`` f32 or bf16 (linear layers)."""
+    return openvino_engine().openvino_runner(os.fspath(onnx_path), threads, precision, 0)  # type: ignore[no-any-return]
 
 
 def cpu_model(onnx_path: str | Path, runtime: str = "onnxruntime", precision: str = "f32", threads: int = 0) -> Model:

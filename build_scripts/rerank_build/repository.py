@@ -32,6 +32,8 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 MARKER = ".rerank-repository.json"
 TARGETS = ("cpu", "gpu", "gpu-onnx")
 CPU_ENGINES = ("onnxruntime", "openvino")
+#: auto: bf16 where the serving CPU computes it natively, else f32 (decided when the engine loads).
+CPU_PRECISIONS = ("auto", "f32", "bf16")
 ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
@@ -66,7 +68,7 @@ class RepositorySettings:
     admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
     cpu_engine: str = "openvino"  # or onnxruntime (1.3-1.6x slower on mixed and long pairs; docs/cpu_engine.md)
-    cpu_precision: str = "f32"  # OpenVINO's inference precision: f32 or bf16
+    cpu_precision: str = "auto"  # OpenVINO: bf16 (linear layers) where the CPU has AVX512-BF16/AMX, else f32
     engine_instances: int = 1
     ort_threads: int = 0
     engine_tokens_per_run: int = 4096
@@ -79,9 +81,9 @@ class RepositorySettings:
         problems = []
         if self.target not in TARGETS:
             problems.append(f"target must be one of {TARGETS}, got {self.target!r}")
-        if self.cpu_engine not in CPU_ENGINES or self.cpu_precision not in ("f32", "bf16"):
-            problems.append(f"cpu_engine must be one of {CPU_ENGINES} and cpu_precision f32 or bf16, got "
-                            f"{self.cpu_engine!r} and {self.cpu_precision!r}")
+        if self.cpu_engine not in CPU_ENGINES or self.cpu_precision not in CPU_PRECISIONS:
+            problems.append(f"cpu_engine must be one of {CPU_ENGINES} and cpu_precision one of {CPU_PRECISIONS}, "
+                            f"got {self.cpu_engine!r} and {self.cpu_precision!r}")
         elif self.cpu_precision == "bf16" and self.cpu_engine != "openvino":
             problems.append("cpu_precision bf16 needs cpu_engine openvino (ONNX Runtime has no bf16 CPU kernels)")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.ensemble_name):
@@ -408,8 +410,9 @@ def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
     if onnx is None:
         logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
         export_onnx(ckpt_dir, engine_dir, dtype="fp32")
-        for extra in engine_dir.iterdir():
-            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", CONTRACT, "export_meta.json"):
+        for extra in engine_dir.iterdir():  # the export's by-products, not the template's modules
+            if extra.suffix != ".py" and extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, CONTRACT,
+                                                            "export_meta.json"):
                 extra.unlink()
         return
     if not onnx.is_file():

@@ -13,9 +13,10 @@ The engine is reachable on its own, not only through the ensemble, so each reque
 shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
 a non-finite score is never returned.
 
-The runtime is OpenVINO or ONNX Runtime (``runtime`` parameter; ``precision`` f32 or bf16, bf16
-only in OpenVINO and where the CPU has AVX512-BF16 or AMX, else f32 with a warning), same tensors
-either way. The counter ``rerank_engine_tokens_total{kind="useful"|"padded"}`` on Triton's metrics
+The runtime is OpenVINO or ONNX Runtime (``runtime`` parameter), same tensors either way. OpenVINO's
+``precision``: ``bf16`` runs the linear layers in bf16 and the rest in fp32 (openvino_engine.py), ``f32``
+everything in fp32, ``auto`` (the default) bf16 where the CPU has AVX512-BF16 or AMX, else f32; bf16
+asked for on a CPU without them runs f32 with a warning. ONNX Runtime computes in fp32. The counter ``rerank_engine_tokens_total{kind="useful"|"padded"}`` on Triton's metrics
 port says how much of what the runtime computed was padding.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from openvino_engine import DEFAULT_SHAPE_CACHE, cpu_has_bf16, openvino_runner
 from rerank_contract import prompt as rp
 
 # ONNX Runtime's CPU arena keeps the memory of the largest run it has seen: measured on the small
@@ -51,32 +53,6 @@ def onnxruntime_runner(path, threads):
     return run
 
 
-def cpu_has_bf16():
-    """AVX512-BF16 or AMX, as OpenVINO sees it: where its bf16 runs natively (elsewhere it would emulate)."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-# OpenVINO keeps prepared kernels per input shape, 5,000 shapes by default; our runs come in thousands
-# of (rows, width) shapes, so its memory rose for the whole 10-minute soak (engine +12 %). A bound of a
-# few hundred shapes keeps the shapes that repeat; measured on the small preset, 600 random runs of up to
-# 4,096 tokens took the same time with 300 as with 5,000 (docs/cpu_engine.md, "Memory").
-DEFAULT_SHAPE_CACHE = 500
-
-
-def openvino_runner(path, threads, precision, shape_cache=DEFAULT_SHAPE_CACHE):
-    import openvino as ov
-
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": precision, "CPU_RUNTIME_CACHE_CAPACITY": str(shape_cache)}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
-    compiled = core.compile_model(core.read_model(path), "CPU", config)
-    output = compiled.output("logits")
-    return lambda ids, mask: np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[output], np.float32)
-
-
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -85,13 +61,20 @@ class TritonPythonModel:
         path = os.path.join(here, params.get("onnx_file", "model.onnx"))
         threads = int(params.get("intra_op_threads", "0"))
         runtime = params.get("runtime", "onnxruntime")
-        precision = params.get("precision", "f32")
-        if precision == "bf16" and not cpu_has_bf16():
-            pb_utils.Logger.log_warn("engine: this CPU has no AVX512-BF16/AMX; running OpenVINO in f32, not bf16")
+        precision = params.get("precision", "auto")
+        if runtime == "openvino":
+            native = cpu_has_bf16()
+            if precision == "auto":
+                precision = "bf16" if native else "f32"
+            elif precision == "bf16" and not native:
+                pb_utils.Logger.log_warn("engine: this CPU has no AVX512-BF16/AMX; running OpenVINO in f32, not bf16")
+                precision = "f32"
+            shape_cache = int(params.get("shape_cache", DEFAULT_SHAPE_CACHE))
+            self.run = openvino_runner(path, threads, precision, shape_cache)
+        else:
             precision = "f32"
-        shape_cache = int(params.get("shape_cache", DEFAULT_SHAPE_CACHE))
-        self.run = (openvino_runner(path, threads, precision, shape_cache) if runtime == "openvino"
-                    else onnxruntime_runner(path, threads))
+            self.run = onnxruntime_runner(path, threads)
+        pb_utils.Logger.log_info(f"engine: {runtime}, {precision}")
         self.max_tokens = int(params.get("max_tokens_per_run", "4096"))
         self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
         self.vocab_size = int(params.get("vocab_size", "128256"))
