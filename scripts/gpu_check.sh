@@ -92,7 +92,7 @@ if $PY -c "import tensorrt; tensorrt.Builder" 2>/dev/null; then
         --out "$W/repository" --serving-tensorrt "$TRT_VERSION" --force
     $PY - "$W/repository" "$W/checkpoint" "$REPORT" "$SEQS" "$BATCHES" <<'PYEOF'
 import subprocess, sys
-from rerank_build.server import TritonServer
+from rerank_serving.server import TritonServer
 repo, ckpt, report, seqs, batches = sys.argv[1:]
 with TritonServer(repo, log_path=f"{repo}.log") as server:
     with open(report, "a") as fh:

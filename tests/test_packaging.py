@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from rerank_build.server import free_ports
+from rerank_serving.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "locust", "onnx", "onnxruntime", "sentence-transformers", "nvidia-pytriton",

@@ -10,6 +10,26 @@ from pathlib import Path
 logger = logging.getLogger("rerank_build")
 
 
+class OldSpelling(argparse.Action):
+    """Stores the value like ``store``; an old spelling of the flag (``old=[...]``, listed after the
+    current one) still works and logs that it is deprecated, naming the current spelling."""
+
+    def __init__(self, option_strings: list[str], dest: str, old: tuple[str, ...] = (), **kwargs: object) -> None:
+        super().__init__(option_strings, dest, **kwargs)  # type: ignore[arg-type]
+        self.old = old
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if option_string in self.old:
+            logger.warning("%s is deprecated: use %s", option_string, self.option_strings[0])
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(p: argparse.ArgumentParser, flag: str, *old: str, **kwargs: object) -> None:
+    """A flag under its current (published) name that still accepts its ``old`` spellings."""
+    p.add_argument(flag, *old, action=OldSpelling, old=old, **kwargs)  # type: ignore[arg-type]
+
+
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoint import write_random_checkpoint
 
@@ -146,12 +166,9 @@ def _cmd_check_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .stack import ServePorts, serve
+    from rerank_serving.cli import run
 
-    ports = ServePorts(args.http_port, args.grpc_port, args.metrics_port, args.triton_http_port)
-    gateway_args = ["--workers", str(args.gateway_workers)] + (["--no-access-log"] if args.no_access_log else [])
-    return serve(Path(args.repository), ports, args.host, gateway=not args.no_gateway, log_verbose=args.log_verbose,
-                 gateway_args=gateway_args, watchdog=not args.no_watchdog, replicas=args.replicas)
+    return run(args)
 
 
 def _cmd_full_check(args: argparse.Namespace) -> int:
@@ -210,12 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT even if rerank-build did not write it")
     p.add_argument("--reuse", action="store_true", help="keep OUT when built from the same sources and settings")
     p.add_argument("--ensemble-name", dest="ensemble_name")
-    p.add_argument("--max-rows", dest="max_rows", type=int, help="passages per request (ensemble max_batch_size)")
+    # The limits' flags carry the names the ensemble publishes them under (rerank_contract.names).
+    add_renamed(p, "--max-rows-per-request", "--max-rows", dest="max_rows", type=int,
+                help="passages per request (ensemble max_batch_size; old spelling --max-rows)")
     p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int)
     p.add_argument("--buckets", type=_int_list, help="padded lengths, e.g. 64,128,256,512")
-    p.add_argument("--max-request-tokens", dest="max_request_tokens", type=int, help="padded tokens per request")
-    p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int,
-                   help="text bytes per request, refused before tokenizing")
+    add_renamed(p, "--max-tokens-per-request", "--max-request-tokens", dest="max_request_tokens", type=int,
+                help="padded tokens per request (old spelling --max-request-tokens)")
+    add_renamed(p, "--max-bytes-per-request", "--max-request-bytes", dest="max_request_bytes", type=int,
+                help="text bytes per request, refused before tokenizing (old spelling --max-request-bytes)")
     p.add_argument("--tokenizer-instances", dest="tokenizer_instances", type=int)
     p.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)
     p.add_argument("--engine-max-batch-size", dest="engine_max_batch_size", type=int)
@@ -291,22 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-name", help="GPU product name (default: GPU 0 from nvidia-smi)")
     p.set_defaults(func=_cmd_engine_key)
 
-    p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
-    p.add_argument("--repository", default="build/model_repository")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8000, help="the REST API (gateway)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics")
-    p.add_argument("--triton-http-port", type=int, default=8003, help="Triton's KServe v2 HTTP")
-    p.add_argument("--gateway-workers", type=int, default=1, help="gateway worker processes")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="tritonserver replicas; replica k listens on each Triton port + 10 k, and the gateway "
-                        "spreads requests over all of them and retries a failed one on another")
-    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines from the gateway")
-    p.add_argument("--no-gateway", action="store_true", help="Triton only (its KServe HTTP on --triton-http-port)")
-    p.add_argument("--no-watchdog", action="store_true",
-                   help="exit when a part dies instead of restarting it (and tritonserver when a python stub dies)")
-    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose")
+    p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository "
+                                     "(the same command as rerank-serve, from the rerank_serving package)")
+    from rerank_serving.cli import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("full-check", help="full-size preset: checkpoint -> ONNX (external data) -> parity")

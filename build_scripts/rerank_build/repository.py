@@ -21,7 +21,8 @@ from typing import Any
 
 import rerank_contract
 from rerank_contract.names import ENSEMBLE_NAME
-from rerank_contract.prompt import DEFAULT_BUCKETS, DEFAULT_MAX_BYTES, DEFAULT_MAX_LENGTH, EOS_ID
+from rerank_contract.limits import DEFAULTS as LIMITS
+from rerank_contract.prompt import EOS_ID
 
 from .config import RerankerConfig
 from .tokenizer_files import copy_tokenizer_files
@@ -51,15 +52,16 @@ class RepositorySettings:
 
     target: str = "cpu"
     ensemble_name: str = ENSEMBLE_NAME
-    max_rows: int = 512
-    max_sequence_length: int = DEFAULT_MAX_LENGTH
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    max_request_tokens: int = 131072
-    max_request_bytes: int = DEFAULT_MAX_BYTES
+    # The published limits (rerank_contract.limits, their one home), under the template's names.
+    max_rows: int = LIMITS.max_rows
+    max_sequence_length: int = LIMITS.max_sequence_length
+    buckets: tuple[int, ...] = LIMITS.buckets
+    max_request_tokens: int = LIMITS.max_tokens
+    max_request_bytes: int = LIMITS.max_bytes
     pad_id: int = EOS_ID
     tokenizer_instances: int = 2
     postprocess_instances: int = 1
-    engine_max_batch_size: int = 512
+    engine_max_batch_size: int = LIMITS.max_rows
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 100
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
@@ -391,7 +393,7 @@ def build_repository(
             (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
             compile_strategy(engine_dir.parent)
 
-        _write_model(out, "postprocess", "postprocess", values)
+        copy_contract(_write_model(out, "postprocess", "postprocess", values))  # its ranking-order rule
         _write_model(out, settings.ensemble_name, "ensemble", values)
         (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
     except BaseException:

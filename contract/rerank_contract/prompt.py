@@ -32,17 +32,17 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer
 
+from .limits import DEFAULT_BUCKETS, DEFAULTS, RequestLimits
+
 TEMPLATE = "question:{query} \n \n passage:{passage}"
-DEFAULT_MAX_LENGTH = 8192
+DEFAULT_MAX_LENGTH = DEFAULTS.max_sequence_length
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 BOS_ID = 128000
 EOS_ID = 128001
-#: Length buckets the tokenizer pads to, so that Triton's dynamic batcher (which only merges
-#: requests of identical shape) can merge requests.
-DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 #: Text bytes per Triton request (every row's query and passage), refused before tokenizing.
-DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BYTES = DEFAULTS.max_bytes
+__all__ = ["DEFAULT_BUCKETS", "RequestLimits"]  # re-exported: their home is rerank_contract.limits
 
 
 class RerankInputError(ValueError):
@@ -278,16 +278,6 @@ class PaddedBatch:
     @property
     def padded_tokens(self) -> int:
         return int(self.input_ids.size)
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-request limits the server enforces and publishes (clients split requests to fit)."""
-
-    max_rows: int = 512
-    max_tokens: int = 131072  # padded tokens: rows x bucket length
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    max_bytes: int = DEFAULT_MAX_BYTES  # text bytes, every row's query and passage, checked before tokenizing
 
 
 def text_bytes(values: Sequence["str | bytes"]) -> int:

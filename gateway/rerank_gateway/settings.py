@@ -30,6 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rerank_contract import names
+from rerank_contract.ports import DEFAULT as DEFAULT_PORTS
 
 PREFIX = "RERANK_GATEWAY_"
 #: NIM's variable names, read when ours are unset.
@@ -63,11 +64,11 @@ class GatewaySettings(BaseSettings):
                                       validate_by_alias=True, case_sensitive=False)
 
     triton: str = setting(
-        "localhost:8001", "Triton's gRPC endpoint (`grpcs://` for TLS), or several replicas: `h1:8001,h2:8001` or "
+        f"localhost:{DEFAULT_PORTS.grpc}", "Triton's gRPC endpoint (`grpcs://` for TLS), or several replicas: `h1:8001,h2:8001` or "
         "`dns:///triton-headless:8001` (round robin per request, a failed replica skipped and its requests retried "
         "on another)")
     host: str = setting("127.0.0.1", "address to listen on")
-    port: int = setting(8000, "port to listen on", nim="port", ge=1)
+    port: int = setting(DEFAULT_PORTS.rest, "port to listen on", nim="port", ge=1)
     workers: int = setting(1, "worker processes (metrics are summed over them)", ge=1)
     served_model_name: str = setting(names.MODEL_ID, "listed first by `/v1/models`; accepted as `model`",
                                      nim="served_model_name")
