@@ -1,4 +1,5 @@
-"""Assemble a deployable Triton model repository from the templates in ``model_repository/``.
+"""Assemble a deployable Triton model repository from the templates in ``model_repository/`` (shipped
+as the package data ``rerank_build.templates``).
 
 The fill step substitutes ``${name}`` placeholders (every one documented in the README's table),
 copies each model's ``1/`` files, the shared ``rerank_contract`` package, the tokenizer files and the
@@ -8,6 +9,7 @@ engine artefact (ONNX for ``cpu``, a TensorRT plan for ``gpu``), then parses eve
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -29,7 +31,9 @@ from .tokenizer_files import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+#: The templates, package data of this package (``model_repository/`` in the checkout, mapped to
+#: ``rerank_build.templates`` by pyproject.toml): the same lookup for an editable and a wheel install.
+TEMPLATES = Path(str(importlib.resources.files("rerank_build.templates")))
 MARKER = ".rerank-repository.json"
 TARGETS = ("cpu", "gpu", "gpu-onnx")
 CPU_ENGINES = ("onnxruntime", "openvino")
@@ -405,15 +409,13 @@ def build_repository(
 
 
 def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
-    from .export_onnx import EXTERNAL_DATA_FILE, export_onnx
+    """Link (or copy) an ONNX export into the engine folder: the one given, else the fp32 export of the
+    checkpoint from the build cache (exported there once; never into the engine folder)."""
+    from .export_onnx import EXTERNAL_DATA_FILE, cached_export
 
     if onnx is None:
-        logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
-        export_onnx(ckpt_dir, engine_dir, dtype="fp32")
-        for extra in engine_dir.iterdir():
-            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", CONTRACT, "export_meta.json"):
-                extra.unlink()
-        return
+        logger.info("no --onnx given: the fp32 ONNX of %s", ckpt_dir)
+        onnx = cached_export(ckpt_dir, dtype="fp32")
     if not onnx.is_file():
         raise RepositoryError(f"--onnx {onnx} does not exist")
     _link_or_copy(onnx, engine_dir / "model.onnx")
