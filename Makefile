@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 # The Triton python-backend stub embeds the system libpython, so the venv is built from the
-# system interpreter (see ../shared/TRITON_NOTES.md); fall back to whatever python3.11 is on PATH.
+# system interpreter (docs/triton.md); fall back to whatever python3.11 is on PATH.
 PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v $$p >/dev/null && { command -v $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin

@@ -20,7 +20,7 @@ import itertools
 import json
 import time
 
-# gRPC must cooperate with gevent before any channel exists (see ../shared/TRITON_NOTES.md).
+# gRPC must cooperate with gevent before any channel exists (docs/triton.md, "Locust and gRPC").
 import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()

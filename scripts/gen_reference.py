@@ -6,6 +6,7 @@ Each generated table sits between ``<!-- generated: NAME -->`` and ``<!-- end ge
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -15,11 +16,37 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reference.md"
 
 
+def ports_table() -> str:
+    from rerank_contract.ports import DEFAULT
+
+    rows = [("rest", "`HTTP_PORT`", "`--http-port`", "the REST API (rerank-gateway): `/v1/ranking`, `/v2/rerank`, `/v1/models`, "
+                                                   "`/v1/health/*`, `/metrics`, `/docs`"),
+            ("grpc", "`GRPC_PORT`", "`--grpc-port`", "Triton gRPC (KServe v2; NIM's gRPC contract)"),
+            ("metrics", "`METRICS_PORT`", "`--metrics-port`", "Triton's Prometheus metrics"),
+            ("triton_http", "`TRITON_HTTP_PORT`", "`--triton-http-port`", "Triton's own KServe v2 HTTP")]
+    lines = ["| port | `Ports` field | make variable | rerank-serve flag | what |", "|---|---|---|---|---|"]
+    lines += [f"| {getattr(DEFAULT, field)} | `{field}` | {var} | {flag} | {what} |" for field, var, flag, what in rows]
+    return "\n".join(lines)
+
+
+def argparse_table(add_arguments: Callable[[argparse.ArgumentParser], None]) -> str:
+    """A flags table from the function that adds the flags to a parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    for action in parser._actions:
+        default = "off" if isinstance(action, argparse._StoreTrueAction) else f"`{action.default}`"
+        lines.append(f"| {', '.join(f'`{s}`' for s in action.option_strings)} | {default} | {action.help or ''} |")
+    return "\n".join(lines)
+
+
 def generators() -> dict[str, Callable[[], str]]:
     """Table name -> the function that writes it (imported here, so the docs follow the code)."""
     from rerank_gateway.settings import settings_table
+    from rerank_serving.cli import add_arguments as serve_arguments
 
-    return {"gateway-settings": settings_table}
+    return {"gateway-settings": settings_table, "ports": ports_table,
+            "serve-flags": lambda: argparse_table(serve_arguments)}
 
 
 def block(name: str, body: str) -> str:

@@ -15,7 +15,7 @@
 # What this script itself needs (checked first; a missing one stops it with this list):
 # - bash, and Python 3.10+ ($PYTHON, else .venv/bin/python, else python3) with numpy, torch, tokenizers,
 #   safetensors, tqdm, onnx and onnxruntime, and this checkout installed
-#   (`pip install --no-deps -e contract -e client -e .`); no network.
+#   (`pip install --no-deps -e contract -e client -e serving -e .`); no network.
 # - DEVICE=cuda (the default): a torch built with CUDA and a visible GPU (nvidia-smi); the reference
 #   then runs in bf16. The build image (docker/Dockerfile.build) has a CPU-only torch: run the check
 #   there with DEVICE=cpu, or on a machine with a CUDA torch.
@@ -37,8 +37,8 @@ if [ "${QUICK:-0}" = "1" ]; then SEQS=128; BATCHES=1,8; ITERS=1; fi
 missing=()
 $PY -c 'import numpy, torch, tokenizers, safetensors, tqdm, onnx, onnxruntime' 2>/dev/null \
   || missing+=("Python packages numpy torch tokenizers safetensors tqdm onnx onnxruntime (for $PY)")
-$PY -c 'import rerank_build, rerank_contract, loadtests' 2>/dev/null \
-  || missing+=("this checkout installed: pip install --no-deps -e contract -e client -e .")
+$PY -c 'import rerank_build, rerank_contract, rerank_serving, loadtests' 2>/dev/null \
+  || missing+=("this checkout installed: pip install --no-deps -e contract -e client -e serving -e .")
 if [ "$DEVICE" != "cpu" ]; then
   $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
     || missing+=("a CUDA build of torch and a visible GPU for DEVICE=$DEVICE (or run with DEVICE=cpu)")

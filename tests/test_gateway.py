@@ -448,14 +448,17 @@ def test_many_clients_at_once(server, gateway):
 
 
 def test_readme_rest_examples(gateway):
-    """The README's curl examples for /v1/ranking and /v2/rerank, posted as curl would."""
+    """The curl examples of the README (/v1/ranking) and docs/api.md (/v1/ranking, /v2/rerank), posted as
+    curl would."""
     from pathlib import Path
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    examples = re.findall(r"curl -s localhost:8000(/\S+) -H 'Content-Type: application/json' -d '(\{.*?\})'",
-                          readme, flags=re.S)
-    assert {path for path, _ in examples} >= {"/v1/ranking", "/v2/rerank"}, "README lost its REST examples"
+    root = Path(__file__).resolve().parents[1]
+    pattern = r"curl -s localhost:8000(/\S+) -H 'Content-Type: application/json' -d '(\{.*?\})'"
+    readme = re.findall(pattern, (root / "README.md").read_text(), flags=re.S)
+    examples = readme + re.findall(pattern, (root / "docs" / "api.md").read_text(), flags=re.S)
+    assert [path for path, _ in readme] == ["/v1/ranking"], "the README's one curl"
+    assert {path for path, _ in examples} >= {"/v1/ranking", "/v2/rerank"}, "docs/api.md lost its REST examples"
     for path, payload in examples:
         answer = post(gateway, path, json.loads(payload))
         assert answer.status_code == 200, (path, answer.text)

@@ -38,3 +38,30 @@ def test_a_stale_table_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(gen_reference, "DOC", stale)
     assert gen_reference.main(["--check"]) == 1
     assert gen_reference.main([]) == 0 and gen_reference.main(["--check"]) == 0
+
+
+def test_the_readme_is_a_front_door():
+    """At most 250 lines, linking the reference; every docs/ page it links exists."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250, len(readme.splitlines())
+    links = set(re.findall(r"\]\((docs/[^)#]+)", readme))
+    assert "docs/reference.md" in links
+    assert all((ROOT / link).is_file() for link in links), [link for link in links if not (ROOT / link).is_file()]
+
+
+def test_nothing_points_outside_the_repository():
+    """No tracked file outside tests/ cites the helpers' notes (../shared and its files), which a clone lacks;
+    every relative link in docs/ lands on a file of the repository."""
+    import re
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = ("../shared", "shared/MODEL_FACTS", "MODEL_FACTS.md", "TRITON_NOTES.md", "REAL_CLIENTS.md")
+    bad = [path for path in tracked if not path.startswith("tests/") and (ROOT / path).is_file()
+           and any(marker in (ROOT / path).read_text(errors="replace") for marker in outside)]
+    assert not bad, bad
+    broken = [(page.name, link) for page in (ROOT / "docs").glob("*.md")
+              for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text())
+              if not (page.parent / link).exists()]
+    assert not broken, broken

@@ -259,15 +259,15 @@ def test_admin_apis_need_the_admin_key(server):
 
 
 def test_readme_curl_example(server):
-    """The README's KServe v2 JSON request (Triton's HTTP port, 8003 under `make serve`), posted as curl would."""
+    """docs/api.md's KServe v2 JSON request (Triton's HTTP port, 8003 under `make serve`), posted as curl would."""
     import json
     import re
     import urllib.request
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     body = re.search(r"curl -s localhost:8003(\S+) -d '(\{.*?\})'", readme, flags=re.S)
-    assert body, "README lost its curl example"
+    assert body, "docs/api.md lost its curl example"
     path, payload = body.group(1), json.loads(body.group(2))
     request = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})

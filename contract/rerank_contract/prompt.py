@@ -5,7 +5,7 @@ client's token estimates and the REST gateway all import this file (the reposito
 the ``rerank_contract`` package verbatim beside the tokenizer's ``model.py``), so the template and
 the truncation semantics exist exactly once.
 
-Semantics (see MODEL_FACTS.md):
+Semantics (docs/model.md):
 - one templated string per pair, ``question:{query} \\n \\n passage:{passage}`` with REAL newlines;
 - the tokenizer's post-processor prepends BOS (``<|begin_of_text|>``), no EOS; special-token
   strings inside the texts are encoded as text, never as control tokens;

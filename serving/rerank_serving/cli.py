@@ -17,8 +17,8 @@ from rerank_contract.ports import DEFAULT, Ports
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repository", default="build/model_repository")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--repository", default="build/model_repository", help="an assembled model repository")
+    p.add_argument("--host", default="127.0.0.1", help="the address every part binds (0.0.0.0: all interfaces)")
     p.add_argument("--http-port", type=int, default=DEFAULT.rest, help="the REST API (gateway)")
     p.add_argument("--grpc-port", type=int, default=DEFAULT.grpc, help="Triton gRPC")
     p.add_argument("--metrics-port", type=int, default=DEFAULT.metrics, help="Triton metrics")
