@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-from typing import Annotated, Any, Literal, Mapping, get_args, get_origin
+from typing import Annotated, Any, Literal, Mapping, cast, get_args, get_origin
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -47,10 +47,10 @@ def setting(default: Any, description: str, *, nim: str | None = None, flag: str
     """One setting: its default, its meaning (flag help and docs), and where it differs from the rule,
     the field's name (``nim``: the one in :data:`NIM_ALIASES`), its flag spelling and how the docs state
     its default. ``constraints`` are pydantic's (``ge=1``)."""
-    extra = {k: v for k, v in (("flag", flag), ("doc_default", doc_default)) if v is not None}
+    extra: dict[str, Any] = {k: v for k, v in (("flag", flag), ("doc_default", doc_default)) if v is not None}
     if nim is not None:  # ours first, then NIM's (with an alias pydantic-settings reads these, not prefix+name)
         constraints["validation_alias"] = AliasChoices(env_name(nim), NIM_ALIASES[nim])
-    return Field(default, description=description, json_schema_extra=extra or None, **constraints)
+    return Field(default, description=description, json_schema_extra=cast(Any, extra or None), **constraints)
 
 
 def env_name(name: str) -> str:
@@ -189,7 +189,7 @@ def flag(name: str) -> str:
 
 
 def _scalar(field: FieldInfo) -> type:
-    return field.annotation if field.annotation in (int, float, str, bool) else str  # type: ignore[return-value]
+    return field.annotation if field.annotation in (int, float, str, bool) else str
 
 
 def _describe(error: Any) -> str:
@@ -235,7 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_args(argv: list[str] | None, parser: argparse.ArgumentParser) -> GatewaySettings:
     """The command line over the environment."""
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()}
-    return GatewaySettings.from_env(**args)
+    return GatewaySettings.from_env(None, **args)
 
 
 def _doc_default(name: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -47,7 +48,7 @@ class GatewayProcess:
         self.port = port
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = list(extra_args or [])
-        self.process = None
+        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from rerank_contract.ports import DEFAULT
 
 from .server import server_command
-from .stubs import alive, python_stubs, remove_shm_regions
+from .stubs import Stub, alive, python_stubs, remove_shm_regions
 
 logger = logging.getLogger("rerank_serving.supervise")
 POLL_S = 1.0
@@ -87,7 +87,7 @@ def supervise(command: list[str], url: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    watched = []
+    watched: list[Stub] = []
     while server.poll() is None:
         time.sleep(POLL_S)
         if stopping:
