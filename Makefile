@@ -86,8 +86,8 @@ checkpoint: setup
 	$(BIN)/rerank-build checkpoint --preset $(PRESET) --seed $(SEED) --out $(BUILD)/checkpoints/$(PRESET)
 
 onnx: checkpoint
-	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --dtype fp32 --out $(BUILD)/onnx/$(PRESET)-fp32
-	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --dtype fp16 --out $(BUILD)/onnx/$(PRESET)-fp16
+	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --precision fp32 --out $(BUILD)/onnx/$(PRESET)-fp32
+	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --precision fp16 --out $(BUILD)/onnx/$(PRESET)-fp16
 
 parity: onnx
 	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp32/model.onnx

@@ -79,7 +79,7 @@ $PY -m loadtests.gpu_reference --preset "$PRESET" --device "$DEVICE" --dtype "$D
 if $PY -c "import tensorrt; tensorrt.Builder" 2>/dev/null; then
   W="$OUT/small"
   $RB checkpoint --preset small --out "$W/checkpoint"
-  $RB export-onnx --checkpoint "$W/checkpoint" --dtype fp16 --out "$W/onnx-fp16"
+  $RB export-onnx --checkpoint "$W/checkpoint" --precision fp16 --out "$W/onnx-fp16"
   $RB engine --onnx "$W/onnx-fp16/model.onnx" --precision fp16 --out "$W/engine" \
       --buckets 64,128,256,512,1024,2048 --max-batch 128
   echo "## TensorRT engine (small preset, fp16)" >> "$REPORT"

@@ -6,8 +6,32 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger("rerank_build")
+
+
+#: One precision vocabulary for every command (checkpoint, export-onnx, engine, quantize, parity,
+#: repository, full-check): the dtype names. Old spellings still parse and log a deprecation.
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+OLD_PRECISIONS = {"f32": "fp32"}  # OpenVINO's name, which parity and repository took before
+#: OpenVINO's inference-precision hint for ours: what the CPU engine's ``precision`` parameter holds.
+OPENVINO_HINT = {"fp32": "f32"}
+
+
+def precision_type(*allowed: str, openvino: bool = False) -> Callable[[str], str]:
+    """An argparse ``type`` for a precision among ``allowed`` (``openvino``: returned as OpenVINO's hint)."""
+
+    def precision(text: str) -> str:
+        word = text.strip().lower()
+        if word in OLD_PRECISIONS:
+            logger.warning("precision %r is deprecated: use %r", text, OLD_PRECISIONS[word])
+            word = OLD_PRECISIONS[word]
+        if word not in allowed:
+            raise argparse.ArgumentTypeError(f"invalid precision {text!r} (choose from {', '.join(allowed)})")
+        return OPENVINO_HINT.get(word, word) if openvino else word
+
+    return precision
 
 
 class OldSpelling(argparse.Action):
@@ -185,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checkpoint", help="write a random-weight checkpoint of the real architecture")
     p.add_argument("--preset", choices=["tiny", "small", "full"], required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+    add_renamed(p, "--precision", "--dtype", dest="dtype", type=precision_type("bf16", "fp16", "fp32"), default="bf16", metavar="{bf16,fp16,fp32}",
                    help="storage dtype of the safetensors (the real checkpoint is bf16)")
     p.add_argument("--out", type=Path, help="output directory (default build/checkpoints/<preset>)")
     p.set_defaults(func=_cmd_checkpoint)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint to DIR/model.onnx plus tokenizer files")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+    add_renamed(p, "--precision", "--dtype", dest="dtype", type=precision_type("fp32", "fp16", "bf16"), default="fp32", metavar="{fp32,fp16,bf16}",
                    help="fp32: ONNX Runtime (CPU); fp16/bf16: strongly typed TensorRT builds")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_export_onnx)
@@ -211,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto",
                    help="for --onnx: auto = OpenVINO for a bf16 export (ONNX Runtime has no bf16 CPU kernels), "
                         "else ONNX Runtime")
-    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+    p.add_argument("--precision", type=precision_type("fp32", "bf16", openvino=True), metavar="{fp32,bf16}", default="fp32",
                    help="OpenVINO's inference precision (bf16: computed in bf16 on AVX512-BF16/AMX CPUs)")
     p.set_defaults(func=_cmd_parity)
 
@@ -248,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: engine instances")
     p.add_argument("--cpu-engine", dest="cpu_engine", choices=["onnxruntime", "openvino"],
                    help="cpu: the runtime of the engine step (default openvino)")
-    p.add_argument("--precision", dest="cpu_precision", choices=["f32", "bf16"],
+    p.add_argument("--precision", dest="cpu_precision", type=precision_type("fp32", "bf16", openvino=True), metavar="{fp32,bf16}",
                    help="cpu: OpenVINO's precision (bf16 where the CPU has AVX512-BF16/AMX)")
     p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")
     p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)
@@ -287,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="FP8 Q/DQ ONNX from the fp16 export (runs on CPU; engine --precision fp8 "
                                         "uses it)")
-    p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --dtype fp16)")
+    p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --precision fp16)")
     p.add_argument("--precision", choices=["fp8"], default="fp8")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/model.onnx and OUT/quantize_meta.json")
     p.add_argument("--calibration-pairs", type=int, default=64, help="short calibration pairs (<= 256 tokens)")
@@ -321,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("full-check", help="full-size preset: checkpoint -> ONNX (external data) -> parity")
     p.add_argument("--workdir", default="build/full-check")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    add_renamed(p, "--precision", "--dtype", dest="dtype", type=precision_type("fp32", "fp16"), default="fp32", metavar="{fp32,fp16}")
     p.set_defaults(func=_cmd_full_check)
     return parser
 

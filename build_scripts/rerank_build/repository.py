@@ -37,7 +37,7 @@ TEMPLATES = Path(str(importlib.resources.files("rerank_build.templates")))
 MARKER = ".rerank-repository.json"
 TARGETS = ("cpu", "gpu", "gpu-onnx")
 CPU_ENGINES = ("onnxruntime", "openvino")
-ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
+ENGINE_TEMPLATE = {"cpu": "engine_cpu", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
 CONTRACT = "rerank_contract"

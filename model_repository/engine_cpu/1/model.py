@@ -3,13 +3,13 @@ attention_mask -> logits).
 
 The dynamic batcher hands over several requests, each left-padded to its own length bucket (the
 inputs allow ragged batches, see config.pbtxt). All their rows are regrouped by true length
-(``rerank_contract.prompt.compact_runs``, copied beside this file: the split that minimises padded
+(``rerank_contract.engine_input.compact_runs``, copied beside this file: the split that minimises padded
 tokens plus a per-run cost) and each run is cut to its own longest row, so a request whose passages
 are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask
 and relative RoPE make a row's score independent of its padding (tested): this changes speed, not scores.
 
 The engine is reachable on its own, not only through the ensemble, so each request is checked first
-(``rerank_contract.prompt.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
+(``rerank_contract.engine_input.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
 shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
 a non-finite score is never returned.
 
@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from rerank_contract import engine_input
 from rerank_contract import prompt as rp
 
 # ONNX Runtime's CPU arena keeps the memory of the largest run it has seen: measured on the small
@@ -103,7 +104,7 @@ class TritonPythonModel:
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests]
-        problems = [rp.engine_input_problem(i, m, self.max_width, self.vocab_size) for i, m in zip(ids, masks)]
+        problems = [engine_input.engine_input_problem(i, m, self.max_width, self.vocab_size) for i, m in zip(ids, masks)]
         good = [k for k, problem in enumerate(problems) if problem is None]
         responses = [pb_utils.InferenceResponse(error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
                      if problem else None for problem in problems]
@@ -132,7 +133,7 @@ class TritonPythonModel:
         mask = np.concatenate([_left_pad(m, width, 0) for m in masks])
         lengths = mask.sum(axis=1)
         logits = np.empty((input_ids.shape[0], 1), dtype=np.float32)
-        runs = rp.compact_runs(lengths, self.max_tokens)
+        runs = engine_input.compact_runs(lengths, self.max_tokens)
         self.useful.increment(int(lengths.sum()))
         self.padded.increment(sum(len(rows) * run_width for rows, run_width in runs))
         for rows, run_width in runs:
