@@ -219,3 +219,16 @@ def test_engine_never_returns_a_non_finite_score(tiny_repository):
     outs = engine.execute([_engine_request([[128000, 5]]), _engine_request([[128000, 6]])])
     assert outs[0].error is None and outs[0].output_tensors["logits"].tolist() == [[0.5]]
     assert outs[1].error.code() == pb.TritonError.INTERNAL and "non-finite" in outs[1].error.message()
+
+
+def test_the_engine_takes_its_settings_from_the_repository_only(tiny_repository, tmp_path):
+    """The engine model has no defaults of its own (RepositorySettings is their one home): a config that
+    lacks one of its parameters fails to load, naming it, instead of running on a second default."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repository / "engine", repo / "engine", symlinks=True)
+    config = repo / "engine" / "config.pbtxt"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if '"shape_cache"' not in line))
+    with pytest.raises(ValueError, match=r"lacks the parameters \['shape_cache'\]"):
+        load_model(repo, "engine")

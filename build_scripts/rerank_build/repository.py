@@ -76,7 +76,12 @@ class RepositorySettings:
     engine_instances: int = 1
     ort_threads: int = 0
     engine_tokens_per_run: int = 4096
-    openvino_shape_cache: int = 500  # OpenVINO's prepared-kernel cache, in input shapes (bounds its memory)
+    # OpenVINO keeps prepared kernels per input shape, 5,000 shapes by default; our runs come in thousands
+    # of (rows, width) shapes, so its memory rose for the whole 10-minute soak (engine +12 %). A bound of a
+    # few hundred keeps the shapes that repeat; on the small preset, 600 random runs of up to 4,096 tokens
+    # took the same time with 300 as with 5,000 (docs/cpu_engine.md, "Memory"). The engine model has no
+    # default of its own: every engine parameter's default is here.
+    openvino_shape_cache: int = 500
     # gpu target
     gpus: tuple[int, ...] = (0,)
     instances_per_gpu: int = 1  # fits an 80 GB GPU with the full model (2 do by estimate; docs/gpu.md, "Memory")
