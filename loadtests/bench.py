@@ -132,7 +132,7 @@ def serving(preset: str, ckpt: Path, onnx: Path, log_dir: Path, engine: str | No
             precision: str | None = None) -> Iterator[Any]:
     """Our CPU repository for ``preset`` served by tritonserver (None: the default engine / precision)."""
     from rerank_build.repository import RepositorySettings, build_repository
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     settings = RepositorySettings(cpu_engine=engine or RepositorySettings.cpu_engine,
                                   cpu_precision=precision or RepositorySettings.cpu_precision)
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             if vllm_python is None:
                 bench.skip(VLLM, precision, vllm_reason)
                 continue
-            from rerank_build.server import free_ports
+            from rerank_serving.server import free_ports
 
             bench.peer(lambda: VllmRunner(vllm_python, view, free_ports(1)[0], out / f"vllm-{precision}.log",
                                           precision=precision), VLLM, precision)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rerank_contract import engine_input
 from rerank_contract import prompt as rp
 
 from .workload import Workload, WorkloadSpec
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             "long": WorkloadSpec(args.seed, (10,), ((1.0, 1000, 4000),))}[args.workload]
     requests = Workload(spec).take(args.requests)
     lengths = [np.array([len(r) for r in encoder.encode(q.query, q.passages, "END")]) for q in requests]
-    runs = [(len(rows), width) for n in lengths for rows, width in rp.compact_runs(n, args.max_tokens)]
+    runs = [(len(rows), width) for n in lengths for rows, width in engine_input.compact_runs(n, args.max_tokens)]
     precisions = args.precisions.split(",")
     engine = openvino_engine()
     models = {name: engine.openvino_runner(str(args.onnx), 0, name, engine.DEFAULT_SHAPE_CACHE) for name in precisions}

@@ -33,7 +33,7 @@ from .gpu_reference import model_flops
 from .workload import Request
 
 if TYPE_CHECKING:
-    from rerank_build.stack import ServingStack
+    from rerank_serving.stack import ServingStack
 
 logger = logging.getLogger(__name__)
 NULL_ENGINE = Path(__file__).with_name("null_engine.py")
@@ -67,7 +67,7 @@ def cpu_by_part(stack: "ServingStack", with_gateway: bool) -> dict[str, float]:
     readings is not expected here (nothing restarts during a phase)."""
     import psutil
 
-    from rerank_build.stubs import python_stubs
+    from rerank_serving.stubs import python_stubs
 
     parts: dict[str, float] = {}
 
@@ -126,7 +126,7 @@ def measure(checkpoint: Path, onnx: Path, workloads: dict[str, list[Request]], l
             out: Path, log_dir: Path, concurrency: int = 8, min_seconds: float = 20.0) -> list[str]:
     """Markdown rows: per workload and way in, pairs/s (wall, shared machine), server CPU per pair,
     pairs/s per host core, where that CPU goes, and the host cores one H100 needs in bf16 and FP8."""
-    from rerank_build.stack import ServingStack
+    from rerank_serving.stack import ServingStack
 
     rows, needs, shares = [], [], {}
     repo = null_repository(checkpoint, onnx, out)

@@ -145,7 +145,7 @@ def test_bf16_needs_openvino():
 
 @pytest.mark.server
 def test_served_with_onnxruntime_scores_as_the_reference(onnxruntime_repository, tiny_checkpoint, artifacts):
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     with TritonServer(onnxruntime_repository, log_path=artifacts / "tritonserver-onnxruntime.log") as server:
         report = run_parity(tiny_checkpoint, reference_scorer(tiny_checkpoint), endpoint_scorer(server.grpc_url),
@@ -160,7 +160,7 @@ def test_served_default_precision_scores_within_its_tolerance(tiny_checkpoint, t
     same up to swaps of passages closer than twice that); elsewhere it is fp32, at 1e-4."""
     from rerank_build.cpu_runtime import bf16_native
     from rerank_build.parity import TOLERANCES
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     settings = RepositorySettings(**{k: v for k, v in TEST_LIMITS.items() if k != "cpu_precision"})
     repo = build_repository(tiny_checkpoint, artifacts / "repo-openvino-auto", settings, onnx=tiny_onnx_fp32)

@@ -1,6 +1,6 @@
 """Run an exported ONNX on the CPU: ONNX Runtime, or OpenVINO exactly as the CPU engine step runs it.
 
-OpenVINO comes from the engine's own module (``model_repository/engine_onnx/1/openvino_engine.py``, the
+OpenVINO comes from the engine's own module (``model_repository/engine_cpu/1/openvino_engine.py``, the
 file a repository ships), so that parity checks and engine benchmarks measure the served precision:
 ``f32``, or ``bf16`` (the linear layers in bf16, everything else in fp32, on CPUs with AVX512-BF16 or
 AMX). ONNX Runtime's CPU provider has no bf16 kernels; the bf16 export (the TensorRT bf16 source) also
@@ -10,6 +10,7 @@ runs in OpenVINO, which reads bf16 weights. Both return ``logits`` [batch, 1] fp
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import os
 import sys
@@ -22,7 +23,8 @@ import numpy as np
 
 RUNTIMES = ("onnxruntime", "openvino")
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
-ENGINE_MODULE = Path(__file__).resolve().parents[2] / "model_repository" / "engine_onnx" / "1" / "openvino_engine.py"
+#: The template ships as package data (rerank_build.templates), so a non-editable install finds it too.
+ENGINE_MODULE = Path(str(importlib.resources.files("rerank_build.templates"))) / "engine_cpu" / "1" / "openvino_engine.py"
 
 
 @cache
