@@ -36,6 +36,7 @@ class Truncation:
 
     mode: str | None = None
     chunk_overlap: int | None = None
+    per_passage: bool = False  # errors="per_passage": an over-long pair is its passage's error, not the call's
 
     @property
     def chunked(self) -> bool:

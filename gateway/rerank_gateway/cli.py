@@ -41,6 +41,14 @@ def build_parser(env: GatewaySettings) -> argparse.ArgumentParser:
     p.add_argument("--admission-passages", type=int,
                    help="passages in flight before a fast 503 with Retry-After, for the whole gateway "
                         "(default: the ensemble's max_passages_in_flight)")
+    p.add_argument("--admission-tokens", type=int,
+                   help="estimated tokens in flight before a fast 503 with Retry-After, for the whole gateway "
+                        "(default: the ensemble's max_tokens_per_request)")
+    p.add_argument("--cache-bytes", type=int,
+                   help=f"bytes of exact pair scores kept per worker, least recently used dropped first "
+                        f"(default {env.cache_bytes})")
+    p.add_argument("--no-cache", dest="cache", action="store_const", const=False,
+                   help="no score cache: every pair is scored by Triton")
     p.add_argument("--no-admission", dest="admission", action="store_const", const=False,
                    help="no admission budget: overload only lengthens the queue")
     p.add_argument("--api-key", action="append", dest="api_keys",

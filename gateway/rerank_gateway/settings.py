@@ -51,6 +51,9 @@ class GatewaySettings:
     rows_per_request: int = 128  # passages per Triton request (the ensemble's limits also apply)
     admission: bool = True  # a budget of passages in flight; past it, 503 with Retry-After at once
     admission_passages: int = 0  # the budget for the whole gateway (0: the ensemble's max_passages_in_flight)
+    admission_tokens: int = 0  # estimated tokens in flight, whole gateway (0: the ensemble's max_tokens_per_request)
+    cache: bool = True  # the exact pair-score cache (score_cache.py); off: every pair goes to Triton
+    cache_bytes: int = 32 * 1024 * 1024  # the score cache's bound per worker process, bytes (LRU past it)
     api_keys: tuple[str, ...] = ()  # empty: auth off, any Authorization header is accepted
     cors_origins: tuple[str, ...] = ()  # empty: CORS off
     log_level: str = "info"
@@ -60,8 +63,10 @@ class GatewaySettings:
         problems = [f"{name} must be at least 1, got {getattr(self, name)}"
                     for name in ("port", "workers", "max_passages", "max_body_bytes", "triton_concurrency",
                                  "rows_per_request") if getattr(self, name) < 1]
-        if self.admission_passages < 0:
-            problems.append(f"admission_passages must not be negative, got {self.admission_passages}")
+        problems += [f"{name} must not be negative, got {getattr(self, name)}"
+                     for name in ("admission_passages", "admission_tokens") if getattr(self, name) < 0]
+        if self.cache and self.cache_bytes < 1024:
+            problems.append(f"cache_bytes must be at least 1024 (or turn the cache off), got {self.cache_bytes}")
         if self.timeout_s <= 0 or self.ride_through_s < 0:
             problems.append(f"timeout_s must be positive and ride_through_s not negative, got {self.timeout_s} "
                             f"and {self.ride_through_s}")
