@@ -298,8 +298,7 @@ def test_admission_and_the_deadline_against_a_triton_that_never_answers(artifact
     budget is admitted alone (and meets the deadline too)."""
     from threads import Worker
 
-    with silent_gateway(artifacts, "silent", "--admission-passages", "8", "--admission-tokens", "100000",
-                        "--timeout-s", "1") as gw:
+    with silent_gateway(artifacts, "silent", "--admission-passages", "8", "--timeout-s", "1") as gw:
         held = Worker(post, gw, "/v1/ranking", nim(["p"] * 8), name="held")
         held.start()
         wait_for_metric(gw, "rerank_gateway_passages_in_flight", 8)

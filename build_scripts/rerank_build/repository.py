@@ -331,8 +331,11 @@ def served_fingerprint(repository: Path) -> str:
         for path in sorted((repository / model).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(path.relative_to(repository).as_posix().encode() + b"\0")
+                content = hashlib.sha256()  # per file, so that no two file lists hash the same stream
                 with path.open("rb") as f:
-                    digest.update(hashlib.file_digest(f, "sha256").digest())
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        content.update(block)
+                digest.update(content.digest())
     return digest.hexdigest()[:32]
 
 

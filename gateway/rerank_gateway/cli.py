@@ -43,7 +43,7 @@ def build_parser(env: GatewaySettings) -> argparse.ArgumentParser:
                         "(default: the ensemble's max_passages_in_flight)")
     p.add_argument("--admission-tokens", type=int,
                    help="estimated tokens in flight before a fast 503 with Retry-After, for the whole gateway "
-                        "(default: the ensemble's max_tokens_per_request)")
+                        "(default: 512 per passage of the passage budget)")
     p.add_argument("--cache-bytes", type=int,
                    help=f"bytes of exact pair scores kept per worker, least recently used dropped first "
                         f"(default {env.cache_bytes})")

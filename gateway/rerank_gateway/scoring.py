@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from rerank_client import AsyncRerankClient, InvalidInputError, RerankError, RerankResult, ServerLimits
-from rerank_client.core import TokenEstimator
+from rerank_client.core import TokenEstimator, check_arguments
 from rerank_contract import names
 from rerank_contract import prompt as rp
 from rerank_contract.names import triton_model_name
@@ -28,9 +28,11 @@ from .settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
-#: Budgets when neither the settings nor the ensemble give one (a server that publishes none).
+#: Budget when neither the settings nor the ensemble give one (a server that publishes none).
 DEFAULT_ADMISSION = 256
-DEFAULT_ADMISSION_TOKENS = 131072
+#: The default token budget is the passage budget's worth of pairs this long (a typical RAG chunk, 256-512
+#: tokens, with its query): shorter passages meet the passage budget first, longer ones the token budget.
+TOKENS_PER_PASSAGE = 512
 #: The served model's identity (the ensemble's ``model_fingerprint``) is read again when older than this,
 #: on every readiness check, and after Triton failed or was unavailable; a read waits at most the timeout.
 IDENTITY_TTL_S = 1.0
@@ -109,14 +111,13 @@ class Scorer:
 
     async def admission(self) -> Admission | None:
         """This worker's share of the budgets: the settings, else what the ensemble publishes (passages in
-        flight; tokens: one full request, ``max_tokens_per_request``)."""
+        flight), and for tokens that many pairs of :data:`TOKENS_PER_PASSAGE`."""
         if not self.settings.admission:
             return None
         if self._admission is None:
             s = self.settings
-            limits = None if s.admission_passages and s.admission_tokens else await self.limits()
-            budget = s.admission_passages or (limits and limits.max_in_flight) or DEFAULT_ADMISSION
-            tokens = s.admission_tokens or (limits and limits.max_tokens) or DEFAULT_ADMISSION_TOKENS
+            budget = s.admission_passages or (await self.limits()).max_in_flight or DEFAULT_ADMISSION
+            tokens = s.admission_tokens or budget * TOKENS_PER_PASSAGE
             self._admission = Admission(max(1, budget // s.workers), max(1, tokens // s.workers))
         return self._admission
 
@@ -230,6 +231,7 @@ class Scorer:
             raise ApiError(413, f"Request has {len(passages)} passages, more than the limit of "
                                 f"{self.settings.max_passages} per request ({names.MAX_PASSAGES_PER_REQUEST}); "
                                 "split it into several requests")
+        check_arguments(query, passages, None)  # before any lookup or estimate: unencodable text is a 400
         lookup = await self._lookup(query, passages, truncate, chunk_overlap)
         missing = lookup.missing if lookup else list(range(len(passages)))
         fresh: list[RerankResult] = []

@@ -51,7 +51,7 @@ class GatewaySettings:
     rows_per_request: int = 128  # passages per Triton request (the ensemble's limits also apply)
     admission: bool = True  # a budget of passages in flight; past it, 503 with Retry-After at once
     admission_passages: int = 0  # the budget for the whole gateway (0: the ensemble's max_passages_in_flight)
-    admission_tokens: int = 0  # estimated tokens in flight, whole gateway (0: the ensemble's max_tokens_per_request)
+    admission_tokens: int = 0  # estimated tokens in flight, whole gateway (0: 512 per passage of the passage budget)
     cache: bool = True  # the exact pair-score cache (score_cache.py); off: every pair goes to Triton
     cache_bytes: int = 32 * 1024 * 1024  # the score cache's bound per worker process, bytes (LRU past it)
     api_keys: tuple[str, ...] = ()  # empty: auth off, any Authorization header is accepted
