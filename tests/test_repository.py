@@ -164,3 +164,24 @@ def test_cli_errors_are_clear(tmp_path, tiny_checkpoint):
     done = subprocess.run([CLI, "repository", "--checkpoint", str(tiny_checkpoint), "--target", "gpu",
                            "--out", str(tmp_path / "g")], capture_output=True, text=True)
     assert done.returncode == 2 and "needs --engine" in done.stderr
+
+
+def test_the_fingerprint_names_every_served_file(tiny_repository, tmp_path):
+    """The ensemble publishes a digest of the composing models' files: one changed byte in any of them
+    (weights, tokenizer, configs) is another model identity, for the gateway's score cache."""
+    import shutil
+
+    from rerank_build.repository import served_fingerprint
+
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny_repository, copy, symlinks=False)
+    published = re.search(r'key: "model_fingerprint" value: \{ string_value: "([0-9a-f]{32})" \}',
+                          next(p for p in copy.glob("*/config.pbtxt") if "model_fingerprint" in p.read_text()).read_text())
+    assert published and published.group(1) == served_fingerprint(copy) == served_fingerprint(tiny_repository)
+    for changed in ("tokenizer/1/tokenizer.json", "engine/1/model.onnx", "postprocess/config.pbtxt"):
+        path = copy / changed
+        original = path.read_bytes()
+        path.write_bytes(original + b" ")
+        assert served_fingerprint(copy) != published.group(1), changed
+        path.write_bytes(original)
+    assert served_fingerprint(copy) == published.group(1)

@@ -127,9 +127,12 @@ def test_a_hit_is_the_fresh_score_bit_for_bit_and_counts_one_per_passage(start_g
     h1, m1, _, _ = cache_counts(cached)
     assert (h1 - h0, m1 - m0) == (12, 0), "the same request again: exactly one hit per passage"
     assert second == first, "identical rankings, usage included"
-    fresh = post(uncached, "/v1/ranking", nim(passages, query)).json()
-    assert [bits(r["logit"]) for r in second["rankings"]] == [bits(r["logit"]) for r in fresh["rankings"]], \
-        "a hit is the score Triton gives, bit for bit"
+    assert [bits(r["logit"]) for r in second["rankings"]] == [bits(r["logit"]) for r in first["rankings"]], \
+        "a hit is the fresh score Triton gave, bit for bit"
+    # A second fresh computation is the same score to rounding only: the client library sends the length
+    # groups of a request concurrently, and the engine may batch their rows differently each time.
+    fresh = by_index(post(uncached, "/v1/ranking", nim(passages, query)).json())
+    np.testing.assert_allclose([fresh[i] for i in range(12)], [by_index(second)[i] for i in range(12)], atol=1e-5)
     assert cache_counts(uncached)[:3] == (0, 0, 0), "--no-cache: no lookups, no entries"
 
     changed = passages[:5] + ["a passage nobody sent before"] + passages[6:]
