@@ -75,6 +75,17 @@ def test_several_long_passages_among_many_split_over_requests(server, gateway, t
     assert top[:2] == answer["rankings"][:2] and [r["index"] for r in top[2:]] == [0, 40, 69]
 
 
+def test_over_long_passages_the_planner_groups_are_halved_apart(server, gateway, tokenizer):
+    """"1 " is two tokens in two bytes, so the client's bytes-based estimate (about 6,000 tokens) puts
+    these 18,000-token passages in one Triton request with each other: the refusal of that request must
+    be halved until each stands alone, and the fitting long passage beside them is still scored."""
+    query, passages = distinct_passages(3, seed=204)
+    passages += ["1 " * 9000, "word " * 4000, "2 " * 9500]
+    assert pair_tokens(tokenizer, query, passages[3]) > 8192 >= pair_tokens(tokenizer, query, passages[4])
+    answer = post(gateway, "/v1/ranking", nim(passages, query, errors="per_passage")).json()
+    check(answer["rankings"], passages, [3, 5], server, query, tokenizer)
+
+
 def test_the_client_library_reports_per_passage_errors(server, protocol, tokenizer):
     query, passages = distinct_passages(5, seed=203)
     passages.insert(1, LONG)

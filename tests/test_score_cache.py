@@ -9,6 +9,7 @@ same question again.
 from __future__ import annotations
 
 import random
+import socket
 import struct
 import threading
 import time
@@ -198,19 +199,110 @@ def test_the_byte_bound_holds_under_concurrent_load(start_gateway):
     assert all(e <= 40 and b <= bound for e, b in peaks), max(peaks)
 
 
-@pytest.mark.server
-def test_a_new_checkpoint_is_never_answered_from_the_old_cache(tiny_repository, artifacts, tmp_path):
-    """Triton restarted on the same ports with another checkpoint (another random seed): the gateway
-    reads the new model's fingerprint and scores every pair again, giving the new model's scores."""
+@pytest.fixture(scope="module")
+def other_repository(tmp_path_factory):
+    """The test repository built from another checkpoint (another random seed): another model."""
     from rerank_build.checkpoint import write_random_checkpoint
     from rerank_build.repository import RepositorySettings, build_repository
-    from rerank_build.server import Ports, TritonServer, free_ports
-    from rerank_build.stack import GatewayProcess
     from conftest import TEST_LIMITS
+
+    tmp = tmp_path_factory.mktemp("other-model")
+    return build_repository(write_random_checkpoint("tiny", tmp / "ckpt-1", seed=1), tmp / "repo-1",
+                            RepositorySettings(**TEST_LIMITS))
+
+
+class SwitchingProxy:
+    """A TCP proxy whose backend can be switched: the gateway keeps one address while the model behind it
+    changes, with no failure and no readiness check for it to notice (only its fingerprint re-read)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self._server.getsockname()[1]}"
+
+    def switch(self, port: int) -> None:
+        """New connections go to ``port``; the open ones are closed (gRPC reconnects on its next call)."""
+        self.port = port
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.port))
+            except OSError:  # closed
+                return
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:  # one side closed (a switch): the other goes too
+            pass
+        for sock in (source, sink):
+            sock.close()
+
+    def __enter__(self) -> "SwitchingProxy":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.close()
+        self.switch(self.port)
+        self._thread.join(5)
+
+
+@pytest.mark.server
+def test_a_model_swapped_behind_the_same_address_is_never_answered_from_the_old_cache(server, other_repository,
+                                                                                     tmp_path):
+    """The gateway's Triton address starts serving another model with nothing failing in between (a proxy
+    switches backends between requests): the fingerprint, read again once a second, empties the cache."""
+    from rerank_build.server import TritonServer, free_ports
+    from rerank_build.stack import GatewayProcess
+    from rerank_gateway.scoring import IDENTITY_TTL_S
     from triton_helpers import ensemble_answer
 
-    other = build_repository(write_random_checkpoint("tiny", tmp_path / "ckpt-1", seed=1), tmp_path / "repo-1",
-                             RepositorySettings(**TEST_LIMITS))
+    query, passages = distinct_passages(8, seed=105)
+    with TritonServer(other_repository, log_path=tmp_path / "triton-other.log").start(180) as other, \
+            SwitchingProxy(server.ports.grpc) as proxy, \
+            GatewayProcess(proxy.url, port=free_ports(1)[0], log_path=tmp_path / "gateway.log") as gw:
+        gw.wait_ready(60)
+        old = by_index(post(gw, "/v1/ranking", nim(passages, query)).json())
+        assert by_index(post(gw, "/v1/ranking", nim(passages, query)).json()) == old
+        assert cache_counts(gw)[:2] == (8, 8)
+        proxy.switch(other.ports.grpc)
+        time.sleep(IDENTITY_TTL_S + 0.5)
+        new = by_index(post(gw, "/v1/ranking", nim(passages, query)).json())
+        hits, _, entries, _ = cache_counts(gw)
+        expected_new, _ = ensemble_answer(other, query, passages, truncate="NONE")
+    assert hits == 8, "no hit once the model changed"
+    np.testing.assert_allclose([new[i] for i in range(8)], expected_new, atol=1e-5)
+    assert max(abs(new[i] - old[i]) for i in range(8)) > 1e-2, "the two models score differently"
+
+
+@pytest.mark.server
+def test_a_new_checkpoint_is_never_answered_from_the_old_cache(tiny_repository, other_repository, tmp_path):
+    """Triton restarted on the same ports with another checkpoint (another random seed): the gateway
+    reads the new model's fingerprint and scores every pair again, giving the new model's scores."""
+    from rerank_build.server import Ports, TritonServer, free_ports
+    from rerank_build.stack import GatewayProcess
+    from triton_helpers import ensemble_answer
+
+    other = other_repository
     fingerprints = {path.read_text().split('"model_fingerprint" value: { string_value: "')[1][:32]
                     for path in (tiny_repository.glob("*/config.pbtxt")) if "model_fingerprint" in path.read_text()}
     fingerprints |= {path.read_text().split('"model_fingerprint" value: { string_value: "')[1][:32]
