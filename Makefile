@@ -3,7 +3,7 @@
 
 SHELL := /bin/bash
 # The Triton python-backend stub embeds the system libpython, so the venv is built from the
-# system interpreter (see ../shared/TRITON_NOTES.md); fall back to whatever python3.11 is on PATH.
+# system interpreter (docs/triton.md); fall back to whatever python3.11 is on PATH.
 PYTHON ?= $(shell for p in /usr/bin/python3.11 python3.11 python3; do command -v $$p >/dev/null && { command -v $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,14 +13,15 @@ SEED ?= 0
 BUILD := build
 
 # make serve: MODEL=<HF id or local checkpoint dir> serves a real checkpoint; empty = random `small`.
-# Ports in NIM's layout: REST API (gateway) 8000, Triton gRPC 8001, Triton metrics 8002; Triton's own
-# KServe HTTP moves to TRITON_HTTP_PORT (8003).
+# Ports in NIM's layout, defined once in contract/rerank_contract/ports.py (REST API 8000, Triton gRPC
+# 8001, metrics 8002, Triton's own KServe HTTP 8003): set HTTP_PORT, GRPC_PORT, METRICS_PORT or
+# TRITON_HTTP_PORT to move one; unset, rerank-serve's defaults (those) apply.
 MODEL ?=
 HOST ?= 127.0.0.1
-HTTP_PORT ?= 8000
-GRPC_PORT ?= 8001
-METRICS_PORT ?= 8002
-TRITON_HTTP_PORT ?= 8003
+HTTP_PORT ?=
+GRPC_PORT ?=
+METRICS_PORT ?=
+TRITON_HTTP_PORT ?=
 # make serve REPLICAS=2: two tritonserver replicas (the second on each Triton port + 10), the gateway
 # balancing over both (failover on one machine; two replicas on 2 cores add no throughput).
 REPLICAS ?= 1
@@ -47,14 +48,15 @@ setup: $(STAMP)
 TYPING_STUBS := $(VENV)/typing-stubs
 TRT_STUBS := tensorrt-stubs==10.11.0.33.1
 
-# The four packages of this repository, in development mode: contract/ (the request contract),
-# client/ (rerank_client), gateway/ (rerank_gateway) and the root (build tools, load tests).
-PACKAGES := contract/pyproject.toml client/pyproject.toml gateway/pyproject.toml pyproject.toml
+# The five packages of this repository, in development mode: contract/ (the request contract),
+# client/ (rerank_client), gateway/ (rerank_gateway), serving/ (rerank_serving: tritonserver, the
+# local stack, the image's supervisor) and the root (build tools, load tests).
+PACKAGES := contract/pyproject.toml client/pyproject.toml gateway/pyproject.toml serving/pyproject.toml pyproject.toml
 
 $(STAMP): $(PACKAGES) requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e contract -e client -e gateway -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e contract -e client -e gateway -e serving -e .
 	rm -rf $(TYPING_STUBS)
 	$(BIN)/python -m pip install -q --no-deps --target $(TYPING_STUBS) $(TRT_STUBS)
 	$(BIN)/python scripts/fix_trt_stubs.py $(TYPING_STUBS)
@@ -69,9 +71,9 @@ typecheck: setup
 
 # tritonserver and the REST gateway in the foreground; Ctrl-C or SIGTERM stops both.
 serve: repository
-	exec $(BIN)/rerank-build serve --repository $(REPOSITORY) --host $(HOST) --http-port $(HTTP_PORT) \
-		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --triton-http-port $(TRITON_HTTP_PORT) \
-		--replicas $(REPLICAS)
+	exec $(BIN)/rerank-build serve --repository $(REPOSITORY) --host $(HOST) $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) \
+		$(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) \
+		$(if $(TRITON_HTTP_PORT),--triton-http-port $(TRITON_HTTP_PORT)) --replicas $(REPLICAS)
 
 # Builds what is missing: the default checkpoint (when MODEL is empty) and the CPU repository
 # (--reuse keeps one built from the same checkpoint and settings).
@@ -84,8 +86,8 @@ checkpoint: setup
 	$(BIN)/rerank-build checkpoint --preset $(PRESET) --seed $(SEED) --out $(BUILD)/checkpoints/$(PRESET)
 
 onnx: checkpoint
-	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --dtype fp32 --out $(BUILD)/onnx/$(PRESET)-fp32
-	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --dtype fp16 --out $(BUILD)/onnx/$(PRESET)-fp16
+	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --precision fp32 --out $(BUILD)/onnx/$(PRESET)-fp32
+	$(BIN)/rerank-build export-onnx --checkpoint $(BUILD)/checkpoints/$(PRESET) --precision fp16 --out $(BUILD)/onnx/$(PRESET)-fp16
 
 parity: onnx
 	$(BIN)/rerank-build parity --checkpoint $(BUILD)/checkpoints/$(PRESET) --onnx $(BUILD)/onnx/$(PRESET)-fp32/model.onnx
@@ -94,8 +96,8 @@ parity: onnx
 # Headless Locust run against the stack at HTTP_PORT/GRPC_PORT/TRITON_HTTP_PORT, or one started on REPOSITORY.
 loadtest: repository
 	$(BIN)/python -m loadtests.run_loadtest --duration $(DURATION) --users $(USERS) --spawn-rate $(SPAWN_RATE) \
-		--user-classes $(USER_CLASSES) --grpc-url $(HOST):$(GRPC_PORT) --http-url $(HOST):$(TRITON_HTTP_PORT) \
-		--gateway-url http://$(HOST):$(HTTP_PORT) \
+		--user-classes $(USER_CLASSES) $(if $(GRPC_PORT),--grpc-url $(HOST):$(GRPC_PORT)) \
+		$(if $(TRITON_HTTP_PORT),--http-url $(HOST):$(TRITON_HTTP_PORT)) $(if $(HTTP_PORT),--gateway-url http://$(HOST):$(HTTP_PORT)) \
 		--repository $(REPOSITORY) -- $(LOCUST_ARGS)
 
 bench: setup

@@ -1,13 +1,10 @@
 #!/bin/sh
-# Serving image entrypoint: tritonserver in NIM's layout (KServe HTTP on 8003; the REST gateway is the
-# public HTTP face on 8000) with model control off and Triton's admin API groups (model repository,
-# shared memory, logging, trace) restricted to requests carrying the header triton-admin-key
-# (gRPC: triton-grpc-protocol-triton-admin-key) with $RERANK_TRITON_ADMIN_KEY; when that is unset, a
-# random key nobody is told closes them. Extra arguments are passed to tritonserver.
-# triton_supervise.py runs tritonserver and stops it when a python stub dies (Triton would keep
-# answering 200 to health checks and 500 to every request), so that the container restarts.
+# Serving image entrypoint. The tritonserver command line is built by rerank_serving.server's
+# server_command, the same function the local stack uses (`--print` shows it): NIM's layout (KServe
+# HTTP on 8003; the REST gateway is the public HTTP face on 8000), model control off, Triton's admin
+# API groups restricted to requests carrying $RERANK_TRITON_ADMIN_KEY (a random key nobody is told when
+# unset). Extra arguments are passed to tritonserver. rerank_serving.supervise runs it and stops it when
+# a python stub dies (Triton would keep answering 200 to health checks and 500 to every request), so
+# that the container restarts.
 set -eu
-key="${RERANK_TRITON_ADMIN_KEY:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
-restricted="model-repository,shared-memory,logging,trace:triton-admin-key=${key}"
-exec python3 /usr/local/bin/triton_supervise.py -- tritonserver --model-repository=/models --model-control-mode=none --strict-readiness=true \
-    --http-port=8003 --http-restricted-api="${restricted}" --grpc-restricted-protocol="${restricted}" "$@"
+exec python3 -m rerank_serving.supervise --image -- "$@"

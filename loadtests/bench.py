@@ -123,7 +123,7 @@ def serving(preset: str, ckpt: Path, onnx: Path, log_dir: Path, engine: str | No
             precision: str = "f32") -> Iterator[Any]:
     """Our CPU repository for ``preset`` served by tritonserver (``engine`` None: the default one)."""
     from rerank_build.repository import RepositorySettings, build_repository
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     settings = RepositorySettings(cpu_engine=engine or RepositorySettings.cpu_engine, cpu_precision=precision)
     label = f"{preset}-{settings.cpu_engine}-{precision}"
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in workloads:
                 bench.rows.append(Row(name, "vLLM CPU", precision, levels[0], error=vllm_reason))
         else:
-            from rerank_build.server import free_ports
+            from rerank_serving.server import free_ports
 
             bench.peer(lambda: VllmRunner(vllm_python, view, free_ports(1)[0], out / f"vllm-{precision}.log",
                                           precision=precision), "vLLM CPU (/classify)", precision)

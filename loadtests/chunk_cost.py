@@ -25,7 +25,7 @@ import numpy as np
 
 from loadtests.workload import Request, Workload, WorkloadSpec
 from rerank_build.repository import RepositorySettings, build_repository
-from rerank_build.server import TritonServer
+from rerank_serving.server import TritonServer
 from rerank_client import RerankClient
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once, protocol_module
 from rerank_contract import prompt as rp

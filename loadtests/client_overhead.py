@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     sizes = {int(k): int(v) for k, v in (part.split(":") for part in args.sizes.split(","))}
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     lines = ["| protocol | request | n | raw tritonclient p50 ms | client (1 in flight) p50 ms | overhead | "
              "client (4 in flight) p50 ms |", "|---|---|---|---|---|---|---|"]

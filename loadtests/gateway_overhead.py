@@ -26,7 +26,7 @@ import psutil
 import requests
 import tritonclient.grpc as grpcclient
 
-from rerank_build.stack import ServingStack
+from rerank_serving.stack import ServingStack
 from rerank_build.textgen import random_text
 from rerank_client import RerankClient
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, build_inputs, build_outputs, parse_result

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from rerank_contract.ports import DEFAULT as DEFAULT_PORTS
 
 SEQS = (128, 512, 2048)
 BATCHES = (1, 8, 32, 128)
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--engine", help="engine mode: model.plan")
-    parser.add_argument("--url", default="localhost:8001", help="endpoint mode: gRPC address")
+    parser.add_argument("--url", default=f"localhost:{DEFAULT_PORTS.grpc}", help="endpoint mode: gRPC address")
     parser.add_argument("--model", default="nvidia_llama_3_2_nv_rerankqa_1b_v2")
     parser.add_argument("--seqs", default=",".join(map(str, SEQS)))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))

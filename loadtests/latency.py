@@ -16,6 +16,7 @@ import numpy as np
 
 from rerank_build.textgen import random_text
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, build_inputs, build_outputs, parse_result, protocol_module
+from rerank_contract.ports import DEFAULT as DEFAULT_PORTS
 
 from .stepstats import delta, read_stats, share_table
 
@@ -74,8 +75,8 @@ def run(url_for, grpc_url: str, protocols: list[str], passage_counts: list[int],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", help="start a tritonserver on this repository (else use --grpc/--http)")
-    parser.add_argument("--grpc", default="localhost:8001", help="gRPC address of a running server")
-    parser.add_argument("--http", default="localhost:8003", help="KServe HTTP address of a running server")
+    parser.add_argument("--grpc", default=f"localhost:{DEFAULT_PORTS.grpc}", help="gRPC address of a running server")
+    parser.add_argument("--http", default=f"localhost:{DEFAULT_PORTS.triton_http}", help="KServe HTTP address of a running server")
     parser.add_argument("--protocols", default="grpc,http")
     parser.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
     parser.add_argument("--passages", default="16,64", help="passages per request, comma-separated")
@@ -87,7 +88,7 @@ def main() -> None:
     counts = [int(x) for x in args.passages.split(",")]
     protocols = args.protocols.split(",")
     if args.repository:
-        from rerank_build.server import TritonServer
+        from rerank_serving.server import TritonServer
 
         with TritonServer(args.repository) as server:
             lines = run(server.url, server.grpc_url, protocols, counts, args.model, args.requests, words, args.seed)

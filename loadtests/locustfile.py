@@ -20,7 +20,7 @@ import itertools
 import json
 import time
 
-# gRPC must cooperate with gevent before any channel exists (see ../shared/TRITON_NOTES.md).
+# gRPC must cooperate with gevent before any channel exists (docs/triton.md, "Locust and gRPC").
 import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
@@ -38,6 +38,7 @@ from rerank_client.errors import (  # noqa: E402
 from rerank_client.tensors import (  # noqa: E402
     DEFAULT_ENSEMBLE_NAME, build_inputs, build_outputs, parse_result, protocol_module, request_parameters,
 )
+from rerank_contract.ports import DEFAULT as DEFAULT_PORTS  # noqa: E402
 
 _worker_ids = itertools.count()
 #: Every client opened by a user; closed again at test stop, also for users Locust had to kill
@@ -57,9 +58,9 @@ def _close_clients(**_kwargs) -> None:
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     group = parser.add_argument_group("reranker")
-    group.add_argument("--grpc-url", default="localhost:8001", env_var="GRPC_URL")
-    group.add_argument("--http-url", default="localhost:8003", env_var="HTTP_URL", help="Triton's KServe HTTP")
-    group.add_argument("--gateway-url", default="http://localhost:8000", env_var="GATEWAY_URL", help="the REST API")
+    group.add_argument("--grpc-url", default=f"localhost:{DEFAULT_PORTS.grpc}", env_var="GRPC_URL")
+    group.add_argument("--http-url", default=f"localhost:{DEFAULT_PORTS.triton_http}", env_var="HTTP_URL", help="Triton's KServe HTTP")
+    group.add_argument("--gateway-url", default=f"http://localhost:{DEFAULT_PORTS.rest}", env_var="GATEWAY_URL", help="the REST API")
     group.add_argument("--model", default=DEFAULT_ENSEMBLE_NAME)
     group.add_argument("--workload-seed", type=int, default=0)
     group.add_argument("--passages", default="10,50,100", help="passages per request, drawn from this mix")

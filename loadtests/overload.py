@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 from loadtests.latency import percentiles
-from rerank_build.stack import ServingStack
+from rerank_serving.stack import ServingStack
 from rerank_build.textgen import random_text
 
 logger = logging.getLogger(__name__)

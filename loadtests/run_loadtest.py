@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from rerank_contract.ports import DEFAULT as DEFAULT_PORTS
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 USER_CLASSES = ("RestGatewayUser", "GrpcClientUser", "HttpClientUser", "GrpcRawUser", "HttpRawUser")
@@ -173,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--spawn-rate", type=float, default=8.0)
     parser.add_argument("--user-classes", default=",".join(USER_CLASSES))
-    parser.add_argument("--grpc-url", default="localhost:8001", help="Triton gRPC")
-    parser.add_argument("--http-url", default="localhost:8003", help="Triton's KServe HTTP")
-    parser.add_argument("--gateway-url", default="http://localhost:8000", help="the REST API")
+    parser.add_argument("--grpc-url", default=f"localhost:{DEFAULT_PORTS.grpc}", help="Triton gRPC")
+    parser.add_argument("--http-url", default=f"localhost:{DEFAULT_PORTS.triton_http}", help="Triton's KServe HTTP")
+    parser.add_argument("--gateway-url", default=f"http://localhost:{DEFAULT_PORTS.rest}", help="the REST API")
     parser.add_argument("--repository", default="build/model_repository",
                         help="started when no server answers at --grpc-url")
     parser.add_argument("--reports", default="build/reports")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         grpc_url, http_url, gateway_url = args.grpc_url, args.http_url, args.gateway_url
         if not server_ready(grpc_url):
-            from rerank_build.stack import ServingStack
+            from rerank_serving.stack import ServingStack
 
             server = stack.enter_context(ServingStack(args.repository, log_dir=out, gateway_args=["--no-access-log", "--no-cache"]))
             grpc_url, http_url, gateway_url = server.grpc_url, server.triton_http_url, server.rest_url

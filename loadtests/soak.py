@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psutil
 
-from rerank_build.stack import ServingStack
-from rerank_build.stubs import python_stubs
+from rerank_serving.stack import ServingStack
+from rerank_serving.stubs import python_stubs
 
 from .run_loadtest import LOCUSTFILE, parse_duration, run_locust, summarize
 

@@ -15,7 +15,7 @@
 # What this script itself needs (checked first; a missing one stops it with this list):
 # - bash, and Python 3.10+ ($PYTHON, else .venv/bin/python, else python3) with numpy, torch, tokenizers,
 #   safetensors, tqdm, onnx and onnxruntime, and this checkout installed
-#   (`pip install --no-deps -e contract -e client -e .`); no network.
+#   (`pip install --no-deps -e contract -e client -e serving -e .`); no network.
 # - DEVICE=cuda (the default): a torch built with CUDA and a visible GPU (nvidia-smi); the reference
 #   then runs in bf16. The build image (docker/Dockerfile.build) has a CPU-only torch: run the check
 #   there with DEVICE=cpu, or on a machine with a CUDA torch.
@@ -37,8 +37,8 @@ if [ "${QUICK:-0}" = "1" ]; then SEQS=128; BATCHES=1,8; ITERS=1; fi
 missing=()
 $PY -c 'import numpy, torch, tokenizers, safetensors, tqdm, onnx, onnxruntime' 2>/dev/null \
   || missing+=("Python packages numpy torch tokenizers safetensors tqdm onnx onnxruntime (for $PY)")
-$PY -c 'import rerank_build, rerank_contract, loadtests' 2>/dev/null \
-  || missing+=("this checkout installed: pip install --no-deps -e contract -e client -e .")
+$PY -c 'import rerank_build, rerank_contract, rerank_serving, loadtests' 2>/dev/null \
+  || missing+=("this checkout installed: pip install --no-deps -e contract -e client -e serving -e .")
 if [ "$DEVICE" != "cpu" ]; then
   $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null \
     || missing+=("a CUDA build of torch and a visible GPU for DEVICE=$DEVICE (or run with DEVICE=cpu)")
@@ -79,7 +79,7 @@ $PY -m loadtests.gpu_reference --preset "$PRESET" --device "$DEVICE" --dtype "$D
 if $PY -c "import tensorrt; tensorrt.Builder" 2>/dev/null; then
   W="$OUT/small"
   $RB checkpoint --preset small --out "$W/checkpoint"
-  $RB export-onnx --checkpoint "$W/checkpoint" --dtype fp16 --out "$W/onnx-fp16"
+  $RB export-onnx --checkpoint "$W/checkpoint" --precision fp16 --out "$W/onnx-fp16"
   $RB engine --onnx "$W/onnx-fp16/model.onnx" --precision fp16 --out "$W/engine" \
       --buckets 64,128,256,512,1024,2048 --max-batch 128
   echo "## TensorRT engine (small preset, fp16)" >> "$REPORT"
@@ -92,7 +92,7 @@ if $PY -c "import tensorrt; tensorrt.Builder" 2>/dev/null; then
         --out "$W/repository" --serving-tensorrt "$TRT_VERSION" --force
     $PY - "$W/repository" "$W/checkpoint" "$REPORT" "$SEQS" "$BATCHES" <<'PYEOF'
 import subprocess, sys
-from rerank_build.server import TritonServer
+from rerank_serving.server import TritonServer
 repo, ckpt, report, seqs, batches = sys.argv[1:]
 with TritonServer(repo, log_path=f"{repo}.log") as server:
     with open(report, "a") as fh:

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SERVER_FIXTURES = frozenset({"server", "gateway", "start_gateway", "chunk_server", "stack"})
 #: What a command that starts a server (or the stack, or the gateway) carries.
 SERVER_COMMANDS = ("tritonserver", "TritonServer", "ServingStack", "rerank_gateway", "rerank-gateway",
-                   "triton_supervise")
+                   "-m rerank_serving.supervise")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -110,7 +110,7 @@ def tiny_repository(tiny_checkpoint: Path, tiny_onnx_fp32: Path, artifacts: Path
 
 @pytest.fixture(scope="session")
 def server(tiny_repository: Path, artifacts: Path):
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     log = artifacts / "tritonserver.log"
     srv = TritonServer(tiny_repository, log_path=log)
@@ -133,8 +133,8 @@ def protocol(request) -> str:
 @pytest.fixture(scope="session")
 def start_gateway(server, artifacts: Path):
     """Start a gateway (a real ``rerank-gateway`` process) with extra flags; stopped at session end."""
-    from rerank_build.server import free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
 
     started = []
 

@@ -15,7 +15,8 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Modules that are not distributions to install: ours, and Triton's own module for python models.
-OURS = {"rerank_contract", "rerank_client", "rerank_gateway", "rerank_build", "loadtests", "triton_python_backend_utils"}
+OURS = {"rerank_contract", "rerank_client", "rerank_gateway", "rerank_serving", "rerank_build", "loadtests",
+        "triton_python_backend_utils"}
 
 
 def normalize(name: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from rerank_build.batch_strategy import compile_strategy
-from rerank_build.server import ServerError, TritonServer
+from rerank_serving.server import ServerError, TritonServer
 
 from triton_helpers import client, tensor
 

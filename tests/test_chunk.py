@@ -122,7 +122,7 @@ def test_client_plans_windows_within_the_row_limit():
 @pytest.fixture(scope="module")
 def chunk_server(tiny_checkpoint, tiny_onnx_fp32, artifacts):
     from rerank_build.repository import RepositorySettings, build_repository
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     repo = build_repository(tiny_checkpoint, artifacts / "repo-chunk",
                             RepositorySettings(**{**TEST_LIMITS, "max_sequence_length": MAX_LEN}), onnx=tiny_onnx_fp32)
@@ -221,8 +221,8 @@ def test_client_splits_a_long_list_with_long_passages(chunk_server, protocol):
 
 @pytest.mark.server
 def test_gateway_and_cli_pass_chunk_through(chunk_server, artifacts, capsys):
-    from rerank_build.server import free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
     from rerank_client.cli import main as cli_main
 
     passages = [long_text(20, 120), "short"]

@@ -21,7 +21,7 @@ import pytest
 from rerank_client import (
     AsyncRerankClient, ClientClosedError, DeadlineExceededError, RerankClient, ServerLimits, ServerUnavailableError,
 )
-from rerank_build.server import free_ports
+from rerank_serving.server import free_ports
 from silent import SilentServer
 from threads import Worker, run_all
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from rerank_build.parity import rankings_agree
-from rerank_build.server import Ports, TritonServer, free_ports
+from rerank_serving.server import TritonServer, free_ports, free_stack_ports
 from rerank_build.textgen import FIXED_CASES, random_text
 from rerank_client import (
     AsyncRerankClient, DeadlineExceededError, InputTooLongError, InvalidInputError, RerankClient, ServerLimits,
@@ -178,12 +178,12 @@ def test_clients_and_gateway_ride_through_repeated_triton_restarts(tiny_reposito
     calls made while it is down succeed once it is back; the gateway stays ready through each gap
     (the ride-through); and the clients' channels and sockets, and the gateway's sockets, stay flat
     across the restarts (retired channels used to pile up, one per failed attempt)."""
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.stack import GatewayProcess
     from rerank_gateway.scoring import Scorer
     from rerank_gateway.settings import GatewaySettings
     import requests
 
-    server = TritonServer(tiny_repository, ports=Ports(*free_ports(3)), log_path=artifacts / "restarts.log").start()
+    server = TritonServer(tiny_repository, ports=free_stack_ports(), log_path=artifacts / "restarts.log").start()
     expected = infer_once(server.grpc_url, "grpc", DEFAULT_ENSEMBLE_NAME, QUERY, PASSAGES)
     order = expected.index.tolist()
     gateway = GatewayProcess(server.grpc_url, port=free_ports(1)[0], log_path=artifacts / "gateway-restarts.log",

@@ -34,7 +34,9 @@ def test_compose_serves_on_gpus_with_nims_ports():
     assert gateway["environment"]["RERANK_GATEWAY_TRITON"] == "triton:8001"
     assert gateway["depends_on"]["triton"]["condition"] == "service_healthy"
     assert triton["ports"] == ["${GRPC_PORT:-8001}:8001", "${METRICS_PORT:-8002}:8002", "${TRITON_HTTP_PORT:-8003}:8003"]
-    assert "--http-port=8003" in (ROOT / "docker" / "triton-entrypoint.sh").read_text()
+    from rerank_serving.supervise import image_command
+
+    assert "--http-port=8003" in image_command([]), "the entrypoint's command line (test_ports checks the rest)"
     assert "8003/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
     device = triton["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
@@ -92,36 +94,43 @@ def test_gateway_image_holds_only_the_light_packages():
     assert "USER 10001" in text and "build_scripts" not in text and "pyproject.toml ./" not in text
 
 
-def test_triton_image_restricts_the_admin_apis_like_rerank_build_serve():
-    from rerank_build.server import ADMIN_HEADER, RESTRICTED_APIS
+def test_triton_image_runs_the_command_line_rerank_build_serve_runs(capsys, monkeypatch):
+    """The entrypoint builds tritonserver's command line with server_command, as the local stack does
+    (one place for the flags): the admin APIs restricted, model control off, on every interface."""
+    from rerank_serving.server import ADMIN_HEADER, RESTRICTED_APIS
+    from rerank_serving.supervise import main
 
-    text = (ROOT / "docker" / "triton-entrypoint.sh").read_text()
-    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}="
-    assert restricted in text and "--http-restricted-api=" in text and "--grpc-restricted-protocol=" in text
-    assert "--model-control-mode=none" in text
+    assert 'exec python3 -m rerank_serving.supervise --image -- "$@"' in (ROOT / "docker" / "triton-entrypoint.sh").read_text()
+    monkeypatch.setenv("RERANK_TRITON_ADMIN_KEY", "k")
+    assert main(["--image", "--print", "--", "--log-info=1"]) == 0
+    printed = capsys.readouterr().out.split()
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}=k"
+    assert f"--http-restricted-api={restricted}" in printed and f"--grpc-restricted-protocol={restricted}" in printed
+    assert {"--model-control-mode=none", "--model-repository=/models", "--http-address=0.0.0.0",
+            "--allow-gpu-metrics=true"} <= set(printed) and printed[0] == "tritonserver" and printed[-1] == "--log-info=1"
 
 
 @pytest.mark.server
 @pytest.mark.slow
 def test_serving_image_supervisor_stops_triton_when_a_stub_dies(tiny_repository, tmp_path):
-    """docker/triton_supervise.py (the serving image's main process) with the real tritonserver: it
+    """rerank_serving.supervise (the serving image's main process) with the real tritonserver: it
     waits for readiness, then a kill -9 of the engine's stub makes it stop the server and exit 1, so
     the container's restart policy starts a fresh one. SIGTERM stops it cleanly otherwise."""
     import signal
     import time
 
-    from rerank_build.server import Ports, free_ports, server_command, server_env, stop_group
-    from rerank_build.stubs import SHM_DIR, alive, python_stubs
+    from rerank_serving.server import free_stack_ports, server_command, server_env, stop_group
+    from rerank_serving.stubs import SHM_DIR, alive, python_stubs
 
     @contextlib.contextmanager
     def supervised():
         """The supervisor in a process group of its own, tritonserver and its stubs inside it: whatever
         happens in the test, the whole group is stopped (a failed assertion left tritonserver running)."""
-        http, grpc, metrics = free_ports(3)
-        cmd = server_command(tiny_repository, Ports(http, grpc, metrics))
-        log = tmp_path / f"supervise-{http}.log"
+        ports = free_stack_ports()
+        cmd = server_command(tiny_repository, ports)
+        log = tmp_path / f"supervise-{ports.triton_http}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "docker" / "triton_supervise.py"), "--", *cmd],
+            proc = subprocess.Popen([sys.executable, "-m", "rerank_serving.supervise", "--", *cmd],
                                     env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield proc, log

@@ -78,7 +78,7 @@ def test_bf16_needs_openvino():
 
 @pytest.mark.server
 def test_served_with_onnxruntime_scores_as_the_reference(onnxruntime_repository, tiny_checkpoint, artifacts):
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     with TritonServer(onnxruntime_repository, log_path=artifacts / "tritonserver-onnxruntime.log") as server:
         report = run_parity(tiny_checkpoint, reference_scorer(tiny_checkpoint), endpoint_scorer(server.grpc_url),
@@ -92,7 +92,7 @@ def test_served_bf16_scores_within_its_tolerance(tiny_checkpoint, tiny_onnx_fp32
     TOLERANCES["bf16-compute"], rankings the same up to swaps of passages closer than twice that."""
     from rerank_build.cpu_runtime import bf16_native
     from rerank_build.parity import TOLERANCES
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     if not bf16_native():
         pytest.skip("this CPU has no AVX512-BF16/AMX: the engine would fall back to f32 (tested above)")

@@ -9,8 +9,9 @@ from imports import ROOT, distributions, imported_modules, lock, normalize, proj
 
 #: (pyproject folder, the code it ships)
 PACKAGES = [("contract", ["contract/rerank_contract"]), ("client", ["client/rerank_client"]),
-            ("gateway", ["gateway/rerank_gateway"]), (".", ["build_scripts", "loadtests"])]
-OURS = {"rerank-contract", "rerank-client", "rerank-gateway"}
+            ("gateway", ["gateway/rerank_gateway"]), ("serving", ["serving/rerank_serving"]),
+            (".", ["build_scripts", "loadtests"])]
+OURS = {"rerank-contract", "rerank-client", "rerank-gateway", "rerank-serving"}
 #: Imported but not installable here, each for a stated reason.
 NOT_INSTALLABLE = {"tensorrt": "the GPU build image's (NVIDIA's container); imported lazily, typed against stubs"}
 

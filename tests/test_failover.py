@@ -17,8 +17,9 @@ import requests
 
 from gateway_helpers import expected_order
 from threads import Worker
-from rerank_build.server import Ports, free_ports
-from rerank_build.stack import ServePorts, ServingStack
+from rerank_contract.ports import Ports
+from rerank_serving.server import free_ports
+from rerank_serving.stack import ServingStack
 from rerank_client import RerankClient
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME
 from triton_helpers import ensemble_answer
@@ -44,12 +45,12 @@ def served(replica) -> int:
 
 def test_one_replica_killed_under_load(tiny_repository, server, artifacts):
     order = expected_order(ensemble_answer(server, QUERY, PASSAGES)[0])
-    # One call, so that all ten ports differ (separate calls may hand out a port again: it happened,
+    # One call, so that all twelve ports differ (separate calls may hand out a port again: it happened,
     # and both replicas reported their HTTP server on the same port).
-    ports = free_ports(10)
-    stack = ServingStack(tiny_repository, ServePorts(*ports[:4]), log_dir=artifacts / "failover",
+    ports = free_ports(12)
+    stack = ServingStack(tiny_repository, Ports(*ports[:4]), log_dir=artifacts / "failover",
                          gateway_args=["--no-access-log", "--no-cache"], replicas=2,  # REST reaches Triton
-                         replica_port_list=[Ports(*ports[4:7]), Ports(*ports[7:10])])
+                         replica_port_list=[Ports(*ports[4:8]), Ports(*ports[8:12])])
     outcomes: dict[str, Counter] = {"rest": Counter(), "client": Counter()}
     wrong: list[str] = []
     stop = threading.Event()

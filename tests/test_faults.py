@@ -24,8 +24,9 @@ import pytest
 import requests
 
 from gateway_helpers import distinct_passages, expected_order
-from rerank_build.stack import ServePorts
-from rerank_build.stubs import SHM_DIR, python_stubs
+from rerank_contract.ports import Ports
+from rerank_serving.server import free_stack_ports
+from rerank_serving.stubs import SHM_DIR, python_stubs
 from rerank_client import RerankClient
 from stack_helpers import children, start_serve, stop_serve
 from threads import Worker
@@ -50,7 +51,7 @@ class Flow:
 def stack(tiny_repository, tmp_path_factory, server):
     """One served stack for every scenario (the watchdog's restart budget allows them all)."""
     tmp = tmp_path_factory.mktemp("faults")
-    ports = ServePorts.free()
+    ports = free_stack_ports()
     # The REST flow repeats one request: with the score cache on, the gateway would answer it without
     # Triton, and the flow would not test riding through a restart. (serve's gateway reads the environment.)
     with mock.patch.dict(os.environ, {"RERANK_GATEWAY_CACHE": "off"}):
@@ -107,7 +108,7 @@ def run_fault(stack, kill, recovered_line: str, title: str) -> tuple[Flow, Flow,
     has had more right answers since; returns the flows, the readiness probe's counts and the recovery
     time (s)."""
     proc, ports, log, order = stack
-    rest_url, grpc_url = f"http://127.0.0.1:{ports.http}", f"127.0.0.1:{ports.grpc}"
+    rest_url, grpc_url = f"http://127.0.0.1:{ports.rest}", f"127.0.0.1:{ports.grpc}"
     before = log.read_text().count(recovered_line)
     stop, rest, grpc, ready = threading.Event(), Flow(), Flow(), Counter()
     threads = [Worker(_rest_flow, rest_url, order, rest, stop, name="rest"),
@@ -144,7 +145,7 @@ def run_fault(stack, kill, recovered_line: str, title: str) -> tuple[Flow, Flow,
     return rest, grpc, ready, seconds
 
 
-def _stub_pid(ports: ServePorts, proc, model: str) -> tuple[int, list[str]]:
+def _stub_pid(ports: Ports, proc, model: str) -> tuple[int, list[str]]:
     triton = next(p for p in children(proc.pid) if b"bin/tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes())
     stubs = python_stubs(triton)
     victim = next(s for s in stubs if s.name.startswith(model))

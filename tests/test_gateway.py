@@ -342,8 +342,8 @@ def test_admission_by_tokens_against_a_triton_that_never_answers(artifacts):
 @contextlib.contextmanager
 def silent_gateway(artifacts, name: str, *args: str) -> Iterator:
     """A gateway (with ``args``) in front of a Triton that accepts and never answers: controlled slowness."""
-    from rerank_build.server import free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
     from silent import SilentServer
 
     with SilentServer() as silent, GatewayProcess(silent.url, port=free_ports(1)[0],
@@ -408,8 +408,8 @@ def test_several_workers_share_one_metrics_view(server, artifacts, tmp_path, mon
     """Two workers: requests go on until both have answered some (their own files say so); one scrape,
     answered by one worker, must count every request, which only summing both workers' files gives.
     The metrics directory the gateway made is gone once it stops."""
-    from rerank_build.server import free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the gateway makes its metrics directory
     multi = GatewayProcess(server.grpc_url, port=free_ports(1)[0], log_path=artifacts / "gateway-workers.log",
@@ -438,8 +438,8 @@ def test_several_workers_share_one_metrics_view(server, artifacts, tmp_path, mon
 def test_triton_unavailable_gives_503_with_retry_after(artifacts):
     import time
 
-    from rerank_build.server import free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
 
     dead = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     with GatewayProcess(dead, port=free_ports(1)[0], log_path=artifacts / "gateway-dead.log") as gw:
@@ -488,14 +488,17 @@ def test_many_clients_at_once(server, gateway):
 
 
 def test_readme_rest_examples(gateway):
-    """The README's curl examples for /v1/ranking and /v2/rerank, posted as curl would."""
+    """The curl examples of the README (/v1/ranking) and docs/api.md (/v1/ranking, /v2/rerank), posted as
+    curl would."""
     from pathlib import Path
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    examples = re.findall(r"curl -s localhost:8000(/\S+) -H 'Content-Type: application/json' -d '(\{.*?\})'",
-                          readme, flags=re.S)
-    assert {path for path, _ in examples} >= {"/v1/ranking", "/v2/rerank"}, "README lost its REST examples"
+    root = Path(__file__).resolve().parents[1]
+    pattern = r"curl -s localhost:8000(/\S+) -H 'Content-Type: application/json' -d '(\{.*?\})'"
+    readme = re.findall(pattern, (root / "README.md").read_text(), flags=re.S)
+    examples = readme + re.findall(pattern, (root / "docs" / "api.md").read_text(), flags=re.S)
+    assert [path for path, _ in readme] == ["/v1/ranking"], "the README's one curl"
+    assert {path for path, _ in examples} >= {"/v1/ranking", "/v2/rerank"}, "docs/api.md lost its REST examples"
     for path, payload in examples:
         answer = post(gateway, path, json.loads(payload))
         assert answer.status_code == 200, (path, answer.text)

@@ -26,7 +26,7 @@ import pytest
 
 from rerank_build.profiles import Profile
 from rerank_build.repository import RepositorySettings, build_repository, parse_config
-from rerank_build.server import TritonServer
+from rerank_serving.server import TritonServer
 from rerank_build.textgen import random_text
 from rerank_client.tensors import DEFAULT_ENSEMBLE_NAME, infer_once
 

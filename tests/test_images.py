@@ -54,7 +54,9 @@ def model_imports() -> set[str]:
 
 
 def serving_image() -> list[str]:
-    ((constraints, packages, _),) = pip_installs("Dockerfile.triton")
+    """What the serving image installs from the lock (the second pip install is our own serving package)."""
+    (constraints, packages, _), ours = pip_installs("Dockerfile.triton")
+    assert ours[1] == ["/tmp/rerank/contract", "/tmp/rerank/serving"] and "--no-deps" in ours[2], ours
     text = (ROOT / "docker" / "Dockerfile.triton").read_text()
     assert constraints == ["/tmp/requirements.lock"] and "COPY requirements.lock /tmp/requirements.lock" in text
     assert not [p for p in packages if re.search(r"[=<>~]", p)], f"versions come from the lock: {packages}"
@@ -65,6 +67,16 @@ def test_serving_image_installs_what_every_model_imports():
     packages = serving_image()
     assert model_imports() <= set(packages), f"the models import {sorted(model_imports() - set(packages))}"
     assert set(packages) <= set(lock()), "every package the image installs is pinned in the lock"
+
+
+def test_the_images_supervisor_needs_only_the_standard_library_and_the_contract():
+    """NVIDIA's container gets rerank_serving with --no-deps: importing the supervisor (which builds the
+    command line with rerank_serving.server) must load nothing else (here: no site-packages at all)."""
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import rerank_serving.supervise; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names) - {'__main__'}))")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(ROOT / "serving"), str(ROOT / "contract")],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout.replace("'", '"')) == ["rerank_contract", "rerank_serving"], done.stdout
 
 
 def test_serving_image_installs_every_cpu_engine_the_repository_offers():
@@ -115,5 +127,5 @@ def test_the_build_image_installs_the_whole_lock():
     assert "--index-url https://download.pytorch.org/whl/cpu" in line
     assert "grep -v '^nvidia-pytriton' requirements.lock > /tmp/requirements.txt" in line
     assert packages == ["-r /tmp/requirements.txt"], packages
-    assert ours == ["contract", "client", "gateway", "."], "then this repository's packages, without dependencies"
+    assert ours == ["contract", "client", "gateway", "serving", "."], "then this repository's packages, without dependencies"
     assert model_imports() <= set(lock())

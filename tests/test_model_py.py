@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 import fake_pb_utils as pb
+from rerank_contract import engine_input
 from rerank_contract import prompt as rp
 from rerank_build.repository import parse_config
 
@@ -114,14 +115,14 @@ def test_engine_regroups_rows_by_true_length(tiny_repository, tiny_onnx_fp32, en
     expected = ort_session(tiny_onnx_fp32).run(None, {"input_ids": batch.input_ids,
                                                       "attention_mask": batch.attention_mask})[0]
     np.testing.assert_allclose(out.output_tensors["logits"], expected, atol=1e-4)  # OpenVINO vs ORT
-    runs = rp.compact_runs(batch.attention_mask.sum(1), max_tokens=16384)
+    runs = engine_input.compact_runs(batch.attention_mask.sum(1), max_tokens=16384)
     assert sum(len(r) * w for r, w in runs) < batch.input_ids.size / 4
     assert sorted(i for r, _ in runs for i in r) == list(range(len(rows)))
 
 
 def test_compact_runs_bound_tokens_and_cover_every_row():
     lengths = np.array([10, 500, 40, 33, 64, 70, 300, 12])
-    runs = rp.compact_runs(lengths, max_tokens=256)
+    runs = engine_input.compact_runs(lengths, max_tokens=256)
     for rows, width in runs:
         assert len(rows) * width <= 256 or len(rows) == 1
         assert all(lengths[i] <= width for i in rows) and width % 8 == 0
@@ -141,9 +142,9 @@ def test_compact_runs_is_the_cheapest_split():
             bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], len(widths)]
             runs = list(zip(bounds, bounds[1:]))
             if all((b - a) * widths[b - 1] <= 1024 or b - a == 1 for a, b in runs):
-                best = min(best, sum((b - a) * widths[b - 1] + rp.RUN_COST_TOKENS for a, b in runs))
-        got = rp.compact_runs(lengths, max_tokens=1024)
-        assert sum(len(r) * w + rp.RUN_COST_TOKENS for r, w in got) == best
+                best = min(best, sum((b - a) * widths[b - 1] + engine_input.RUN_COST_TOKENS for a, b in runs))
+        got = engine_input.compact_runs(lengths, max_tokens=1024)
+        assert sum(len(r) * w + engine_input.RUN_COST_TOKENS for r, w in got) == best
 
 
 def test_engine_counts_useful_and_padded_tokens(tiny_repository, encoder):
@@ -156,7 +157,7 @@ def test_engine_counts_useful_and_padded_tokens(tiny_repository, encoder):
     engine.execute([pb.InferenceRequest({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})])
     useful, padded = (m.value() for m in engine.tokens.metrics)
     assert useful == sum(map(len, rows))
-    assert padded == sum(len(r) * w for r, w in rp.compact_runs(batch.attention_mask.sum(1), engine.max_tokens))
+    assert padded == sum(len(r) * w for r, w in engine_input.compact_runs(batch.attention_mask.sum(1), engine.max_tokens))
     assert padded < batch.input_ids.size / 4  # against every row padded to the bucket
 
 
@@ -218,3 +219,16 @@ def test_engine_never_returns_a_non_finite_score(tiny_repository):
     outs = engine.execute([_engine_request([[128000, 5]]), _engine_request([[128000, 6]])])
     assert outs[0].error is None and outs[0].output_tensors["logits"].tolist() == [[0.5]]
     assert outs[1].error.code() == pb.TritonError.INTERNAL and "non-finite" in outs[1].error.message()
+
+
+def test_the_engine_takes_its_settings_from_the_repository_only(tiny_repository, tmp_path):
+    """The engine model has no defaults of its own (RepositorySettings is their one home): a config that
+    lacks one of its parameters fails to load, naming it, instead of running on a second default."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repository / "engine", repo / "engine", symlinks=True)
+    config = repo / "engine" / "config.pbtxt"
+    config.write_text("\n".join(line for line in config.read_text().splitlines() if '"shape_cache"' not in line))
+    with pytest.raises(ValueError, match=r"lacks the parameters \['shape_cache'\]"):
+        load_model(repo, "engine")

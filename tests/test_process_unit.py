@@ -1,4 +1,4 @@
-"""Starting child processes (``rerank_build.server.spawn``) from a threaded process, without a server."""
+"""Starting child processes (``rerank_serving.server.spawn``) from a threaded process, without a server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from stack_helpers import children
 #: fork and exec waits forever on its copy of that lock, and so does Popen, waiting for the exec.
 SCRIPT = """
 import importlib._bootstrap as bootstrap, threading
-from rerank_build.server import spawn
+from rerank_serving.server import spawn
 held, release = threading.Event(), threading.Event()
 def hold():
     lock = bootstrap._get_module_lock("ctypes")

@@ -49,7 +49,7 @@ def test_repository_is_self_contained(tiny_repository):
 
 
 def test_every_template_parameter_is_documented():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reference.md").read_text().split("## Template parameters", 1)[1]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M))
     used = set().union(*template_parameters().values())
     assert used <= documented, f"undocumented template parameters: {sorted(used - documented)}"
@@ -164,6 +164,26 @@ def test_cli_errors_are_clear(tmp_path, tiny_checkpoint):
     done = subprocess.run([CLI, "repository", "--checkpoint", str(tiny_checkpoint), "--target", "gpu",
                            "--out", str(tmp_path / "g")], capture_output=True, text=True)
     assert done.returncode == 2 and "needs --engine" in done.stderr
+
+
+def test_limit_flags_take_the_published_names_and_the_old_spellings(caplog):
+    """--max-rows-per-request / --max-tokens-per-request / --max-bytes-per-request are the names the
+    ensemble publishes; the old spellings still parse to the same setting and log a deprecation."""
+    import logging
+
+    from rerank_build.cli import build_parser
+
+    new = build_parser().parse_args(["repository", "--checkpoint", "c", "--target", "cpu", "--max-rows-per-request", "8",
+                                     "--max-tokens-per-request", "4096", "--max-bytes-per-request", "9"])
+    with caplog.at_level(logging.WARNING, logger="rerank_build"):
+        old = build_parser().parse_args(["repository", "--checkpoint", "c", "--target", "cpu", "--max-rows", "8",
+                                         "--max-request-tokens", "4096", "--max-request-bytes", "9"])
+    for args in (new, old):
+        assert (args.max_rows, args.max_request_tokens, args.max_request_bytes) == (8, 4096, 9)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--max-rows is deprecated: use --max-rows-per-request",
+        "--max-request-tokens is deprecated: use --max-tokens-per-request",
+        "--max-request-bytes is deprecated: use --max-bytes-per-request"]
 
 
 def test_the_fingerprint_names_every_served_file(tiny_repository, tmp_path):

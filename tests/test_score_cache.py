@@ -271,8 +271,8 @@ def test_a_model_swapped_behind_the_same_address_is_never_answered_from_the_old_
                                                                                      tmp_path):
     """The gateway's Triton address starts serving another model with nothing failing in between (a proxy
     switches backends between requests): the fingerprint, read again once a second, empties the cache."""
-    from rerank_build.server import TritonServer, free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import TritonServer, free_ports
+    from rerank_serving.stack import GatewayProcess
     from rerank_gateway.scoring import IDENTITY_TTL_S
     from triton_helpers import ensemble_answer
 
@@ -298,8 +298,8 @@ def test_a_model_swapped_behind_the_same_address_is_never_answered_from_the_old_
 def test_a_new_checkpoint_is_never_answered_from_the_old_cache(tiny_repository, other_repository, tmp_path):
     """Triton restarted on the same ports with another checkpoint (another random seed): the gateway
     reads the new model's fingerprint and scores every pair again, giving the new model's scores."""
-    from rerank_build.server import Ports, TritonServer, free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import TritonServer, free_ports, free_stack_ports
+    from rerank_serving.stack import GatewayProcess
     from triton_helpers import ensemble_answer
 
     other = other_repository
@@ -309,7 +309,7 @@ def test_a_new_checkpoint_is_never_answered_from_the_old_cache(tiny_repository, 
                      for path in other.glob("*/config.pbtxt") if "model_fingerprint" in path.read_text()}
     assert len(fingerprints) == 2, "two checkpoints, two identities"
 
-    ports = Ports(*free_ports(3))
+    ports = free_stack_ports()
     query, passages = distinct_passages(8, seed=104)
     triton = TritonServer(tiny_repository, ports=ports, log_path=tmp_path / "triton-0.log").start(180)
     with GatewayProcess(triton.grpc_url, port=free_ports(1)[0], log_path=tmp_path / "gateway.log") as gw:

@@ -233,7 +233,7 @@ def test_admin_apis_need_the_admin_key(server):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from rerank_build.server import ADMIN_HEADER
+    from rerank_serving.server import ADMIN_HEADER
 
     base = f"http://{server.http_url}"
     for path, body in [("/v2/logging", {"log_verbose_level": 1}), ("/v2/trace/setting", {"trace_rate": "5"}),
@@ -259,15 +259,15 @@ def test_admin_apis_need_the_admin_key(server):
 
 
 def test_readme_curl_example(server):
-    """The README's KServe v2 JSON request (Triton's HTTP port, 8003 under `make serve`), posted as curl would."""
+    """docs/api.md's KServe v2 JSON request (Triton's HTTP port, 8003 under `make serve`), posted as curl would."""
     import json
     import re
     import urllib.request
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     body = re.search(r"curl -s localhost:8003(\S+) -d '(\{.*?\})'", readme, flags=re.S)
-    assert body, "README lost its curl example"
+    assert body, "docs/api.md lost its curl example"
     path, payload = body.group(1), json.loads(body.group(2))
     request = urllib.request.Request(f"http://{server.http_url}{path}", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -286,11 +286,11 @@ def test_server_dies_with_the_process_that_started_it(tiny_repository, tmp_path)
     import sys
     import time
 
-    from rerank_build.server import process_group_alive
+    from rerank_serving.server import process_group_alive
 
     script = (
         "import os, sys\n"
-        "from rerank_build.server import TritonServer\n"
+        "from rerank_serving.server import TritonServer\n"
         f"s = TritonServer({str(tiny_repository)!r}).start()\n"
         "print(s.process.pid, flush=True)\n"
         "os._exit(0)  # no stop(): as if killed\n"
@@ -304,7 +304,7 @@ def test_server_dies_with_the_process_that_started_it(tiny_repository, tmp_path)
 
 
 def test_stop_leaves_no_process(tiny_repository):
-    from rerank_build.server import TritonServer, process_group_alive
+    from rerank_serving.server import TritonServer, process_group_alive
 
     server = TritonServer(tiny_repository).start()
     pgid = server.process.pid
@@ -341,7 +341,7 @@ def test_bounded_queue_rejects_overload_fast(tiny_checkpoint, tiny_onnx_fp32, ar
     from concurrent.futures import ThreadPoolExecutor
 
     from rerank_build.repository import RepositorySettings, build_repository
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
     from tritonclient.utils import InferenceServerException
 
     repo = build_repository(tiny_checkpoint, artifacts / "repo-bounded",

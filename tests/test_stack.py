@@ -13,8 +13,8 @@ import requests
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from rerank_build.server import process_group_alive
-from rerank_build.stack import ServePorts
+from rerank_serving.server import process_group_alive
+from rerank_serving.server import free_stack_ports
 from stack_helpers import alive, children, start_serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,12 +25,12 @@ pytestmark = pytest.mark.server
 @pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_runs_both_in_nims_layout_and_stops_both(tiny_repository, tmp_path, stop_signal):
-    ports = ServePorts.free()
+    ports = free_stack_ports()
     proc = start_serve(tiny_repository, ports, tmp_path)
     try:
         descendants = children(proc.pid)
         assert len(descendants) >= 2, "tritonserver and the gateway"
-        answer = requests.post(f"http://127.0.0.1:{ports.http}/v1/ranking", timeout=60,
+        answer = requests.post(f"http://127.0.0.1:{ports.rest}/v1/ranking", timeout=60,
                                json={"query": {"text": "q"}, "passages": [{"text": "a"}, {"text": "b"}]})
         assert answer.status_code == 200 and len(answer.json()["rankings"]) == 2
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{ports.grpc}")
@@ -53,7 +53,7 @@ def test_serve_runs_both_in_nims_layout_and_stops_both(tiny_repository, tmp_path
 
 @pytest.mark.slow
 def test_serve_without_watchdog_stops_everything_when_a_part_dies(tiny_repository, tmp_path):
-    ports = ServePorts.free()
+    ports = free_stack_ports()
     proc = start_serve(tiny_repository, ports, tmp_path, "--no-watchdog")
     try:
         gateway_pid = next(p for p in children(proc.pid)
@@ -72,7 +72,7 @@ def test_serve_without_watchdog_stops_everything_when_a_part_dies(tiny_repositor
 
 def test_supervisor_death_takes_the_stack_with_it(tiny_repository, tmp_path):
     """SIGKILL of rerank-build serve itself: its children get SIGTERM from the kernel (PDEATHSIG)."""
-    ports = ServePorts.free()
+    ports = free_stack_ports()
     proc = start_serve(tiny_repository, ports, tmp_path)
     groups = children(proc.pid)
     proc.kill()

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from rerank_build.stubs import SHM_DIR, SHM_PREFIX, alive, remove_shm_regions
-from rerank_build.watchdog import CrashLoop, RestartBudget
+from rerank_serving.stubs import SHM_DIR, SHM_PREFIX, alive, remove_shm_regions
+from rerank_serving.watchdog import CrashLoop, RestartBudget
 
 
 def test_restart_budget_stops_a_crash_loop():

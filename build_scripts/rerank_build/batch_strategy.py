@@ -10,12 +10,13 @@ Triton functions it calls resolve from the server process that loads it.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parents[2] / "model_repository" / "engine_tensorrt" / "batchstrategy.c"
+SOURCE = Path(str(importlib.resources.files("rerank_build.templates"))) / "engine_tensorrt" / "batchstrategy.c"
 LIBRARY = "batchstrategy.so"
 
 

@@ -6,8 +6,52 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger("rerank_build")
+
+
+#: One precision vocabulary for every command (checkpoint, export-onnx, engine, quantize, parity,
+#: repository, full-check): the dtype names. Old spellings still parse and log a deprecation.
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+OLD_PRECISIONS = {"f32": "fp32"}  # OpenVINO's name, which parity and repository took before
+#: OpenVINO's inference-precision hint for ours: what the CPU engine's ``precision`` parameter holds.
+OPENVINO_HINT = {"fp32": "f32"}
+
+
+def precision_type(*allowed: str, openvino: bool = False) -> Callable[[str], str]:
+    """An argparse ``type`` for a precision among ``allowed`` (``openvino``: returned as OpenVINO's hint)."""
+
+    def precision(text: str) -> str:
+        word = text.strip().lower()
+        if word in OLD_PRECISIONS:
+            logger.warning("precision %r is deprecated: use %r", text, OLD_PRECISIONS[word])
+            word = OLD_PRECISIONS[word]
+        if word not in allowed:
+            raise argparse.ArgumentTypeError(f"invalid precision {text!r} (choose from {', '.join(allowed)})")
+        return OPENVINO_HINT.get(word, word) if openvino else word
+
+    return precision
+
+
+class OldSpelling(argparse.Action):
+    """Stores the value like ``store``; an old spelling of the flag (``old=[...]``, listed after the
+    current one) still works and logs that it is deprecated, naming the current spelling."""
+
+    def __init__(self, option_strings: list[str], dest: str, old: tuple[str, ...] = (), **kwargs: object) -> None:
+        super().__init__(option_strings, dest, **kwargs)  # type: ignore[arg-type]
+        self.old = old
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if option_string in self.old:
+            logger.warning("%s is deprecated: use %s", option_string, self.option_strings[0])
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed(p: argparse.ArgumentParser, flag: str, *old: str, **kwargs: object) -> None:
+    """A flag under its current (published) name that still accepts its ``old`` spellings."""
+    p.add_argument(flag, *old, action=OldSpelling, old=old, **kwargs)  # type: ignore[arg-type]
 
 
 def _cmd_checkpoint(args: argparse.Namespace) -> int:
@@ -146,12 +190,9 @@ def _cmd_check_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .stack import ServePorts, serve
+    from rerank_serving.cli import run
 
-    ports = ServePorts(args.http_port, args.grpc_port, args.metrics_port, args.triton_http_port)
-    gateway_args = ["--workers", str(args.gateway_workers)] + (["--no-access-log"] if args.no_access_log else [])
-    return serve(Path(args.repository), ports, args.host, gateway=not args.no_gateway, log_verbose=args.log_verbose,
-                 gateway_args=gateway_args, watchdog=not args.no_watchdog, replicas=args.replicas)
+    return run(args)
 
 
 def _cmd_full_check(args: argparse.Namespace) -> int:
@@ -168,14 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checkpoint", help="write a random-weight checkpoint of the real architecture")
     p.add_argument("--preset", choices=["tiny", "small", "full"], required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+    add_renamed(p, "--precision", "--dtype", dest="dtype", type=precision_type("bf16", "fp16", "fp32"), default="bf16", metavar="{bf16,fp16,fp32}",
                    help="storage dtype of the safetensors (the real checkpoint is bf16)")
     p.add_argument("--out", type=Path, help="output directory (default build/checkpoints/<preset>)")
     p.set_defaults(func=_cmd_checkpoint)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint to DIR/model.onnx plus tokenizer files")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or HF hub id")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+    add_renamed(p, "--precision", "--dtype", dest="dtype", type=precision_type("fp32", "fp16", "bf16"), default="fp32", metavar="{fp32,fp16,bf16}",
                    help="fp32: ONNX Runtime (CPU); fp16/bf16: strongly typed TensorRT builds")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_export_onnx)
@@ -194,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["auto", "onnxruntime", "openvino"], default="auto",
                    help="for --onnx: auto = OpenVINO for a bf16 export (ONNX Runtime has no bf16 CPU kernels), "
                         "else ONNX Runtime")
-    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+    p.add_argument("--precision", type=precision_type("fp32", "bf16", openvino=True), metavar="{fp32,bf16}", default="fp32",
                    help="OpenVINO's inference precision (bf16: computed in bf16 on AVX512-BF16/AMX CPUs)")
     p.set_defaults(func=_cmd_parity)
 
@@ -210,12 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT even if rerank-build did not write it")
     p.add_argument("--reuse", action="store_true", help="keep OUT when built from the same sources and settings")
     p.add_argument("--ensemble-name", dest="ensemble_name")
-    p.add_argument("--max-rows", dest="max_rows", type=int, help="passages per request (ensemble max_batch_size)")
+    # The limits' flags carry the names the ensemble publishes them under (rerank_contract.names).
+    add_renamed(p, "--max-rows-per-request", "--max-rows", dest="max_rows", type=int,
+                help="passages per request (ensemble max_batch_size; old spelling --max-rows)")
     p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int)
     p.add_argument("--buckets", type=_int_list, help="padded lengths, e.g. 64,128,256,512")
-    p.add_argument("--max-request-tokens", dest="max_request_tokens", type=int, help="padded tokens per request")
-    p.add_argument("--max-request-bytes", dest="max_request_bytes", type=int,
-                   help="text bytes per request, refused before tokenizing")
+    add_renamed(p, "--max-tokens-per-request", "--max-request-tokens", dest="max_request_tokens", type=int,
+                help="padded tokens per request (old spelling --max-request-tokens)")
+    add_renamed(p, "--max-bytes-per-request", "--max-request-bytes", dest="max_request_bytes", type=int,
+                help="text bytes per request, refused before tokenizing (old spelling --max-request-bytes)")
     p.add_argument("--tokenizer-instances", dest="tokenizer_instances", type=int)
     p.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)
     p.add_argument("--engine-max-batch-size", dest="engine_max_batch_size", type=int)
@@ -228,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-instances", dest="engine_instances", type=int, help="cpu: engine instances")
     p.add_argument("--cpu-engine", dest="cpu_engine", choices=["onnxruntime", "openvino"],
                    help="cpu: the runtime of the engine step (default openvino)")
-    p.add_argument("--precision", dest="cpu_precision", choices=["f32", "bf16"],
+    p.add_argument("--precision", dest="cpu_precision", type=precision_type("fp32", "bf16", openvino=True), metavar="{fp32,bf16}",
                    help="cpu: OpenVINO's precision (bf16 where the CPU has AVX512-BF16/AMX)")
     p.add_argument("--ort-threads", dest="ort_threads", type=int, help="cpu: intra-op threads (0: all cores)")
     p.add_argument("--engine-tokens-per-run", dest="engine_tokens_per_run", type=int)
@@ -267,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="FP8 Q/DQ ONNX from the fp16 export (runs on CPU; engine --precision fp8 "
                                         "uses it)")
-    p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --dtype fp16)")
+    p.add_argument("--onnx", required=True, help="the fp16 model.onnx (export-onnx --precision fp16)")
     p.add_argument("--precision", choices=["fp8"], default="fp8")
     p.add_argument("--out", type=Path, required=True, help="writes OUT/model.onnx and OUT/quantize_meta.json")
     p.add_argument("--calibration-pairs", type=int, default=64, help="short calibration pairs (<= 256 tokens)")
@@ -291,28 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-name", help="GPU product name (default: GPU 0 from nvidia-smi)")
     p.set_defaults(func=_cmd_engine_key)
 
-    p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository")
-    p.add_argument("--repository", default="build/model_repository")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--http-port", type=int, default=8000, help="the REST API (gateway)")
-    p.add_argument("--grpc-port", type=int, default=8001, help="Triton gRPC")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Triton metrics")
-    p.add_argument("--triton-http-port", type=int, default=8003, help="Triton's KServe v2 HTTP")
-    p.add_argument("--gateway-workers", type=int, default=1, help="gateway worker processes")
-    p.add_argument("--replicas", type=int, default=1,
-                   help="tritonserver replicas; replica k listens on each Triton port + 10 k, and the gateway "
-                        "spreads requests over all of them and retries a failed one on another")
-    p.add_argument("--no-access-log", action="store_true", help="no per-request log lines from the gateway")
-    p.add_argument("--no-gateway", action="store_true", help="Triton only (its KServe HTTP on --triton-http-port)")
-    p.add_argument("--no-watchdog", action="store_true",
-                   help="exit when a part dies instead of restarting it (and tritonserver when a python stub dies)")
-    p.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose")
+    p = sub.add_parser("serve", help="run tritonserver and the REST gateway (foreground) on an assembled repository "
+                                     "(the same command as rerank-serve, from the rerank_serving package)")
+    from rerank_serving.cli import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("full-check", help="full-size preset: checkpoint -> ONNX (external data) -> parity")
     p.add_argument("--workdir", default="build/full-check")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    add_renamed(p, "--precision", "--dtype", dest="dtype", type=precision_type("fp32", "fp16"), default="fp32", metavar="{fp32,fp16}")
     p.set_defaults(func=_cmd_full_check)
     return parser
 

@@ -181,3 +181,49 @@ def ort_session(onnx_path: str | Path, threads: int = 0):  # -> onnxruntime.Infe
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(os.fspath(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+#: Where exports made for an assembly are kept (``$RERANK_BUILD_CACHE``, default ``build/cache``), one
+#: folder per (checkpoint, dtype, export code): a repository links its ONNX from there.
+CACHE_ENV = "RERANK_BUILD_CACHE"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path("build") / "cache") / "onnx"
+
+
+def _export_key(ckpt_dir: Path, dtype: str) -> str:
+    """What the export depends on: the checkpoint's files (path, size, mtime), the dtype, and the code
+    that traces the model (this module and the reference model)."""
+    digest = hashlib.sha256(f"{dtype}|{OPSET}|{ckpt_dir.resolve()}".encode())
+    for path in sorted(p for p in ckpt_dir.iterdir() if p.is_file()):
+        stat = path.stat()
+        digest.update(f"|{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for module in (Path(__file__), Path(__file__).with_name("reference.py")):
+        digest.update(module.read_bytes())
+    return f"{ckpt_dir.name}-{dtype}-{digest.hexdigest()[:16]}"
+
+
+def cached_export(checkpoint: str | Path, dtype: str = "fp32") -> Path:
+    """``model.onnx`` of ``checkpoint``, exported once into the cache (:func:`cache_root`) and reused.
+
+    The export is written to a temporary folder beside its place and renamed into it, so the cache never
+    holds a half-written export, and two builds racing for the same export both end with a whole one."""
+    ckpt_dir = resolve_checkpoint(checkpoint)
+    final = cache_root() / _export_key(ckpt_dir, dtype)
+    if (final / "model.onnx").is_file():
+        logger.info("ONNX (%s) from the cache: %s", dtype, final)
+        return final / "model.onnx"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        logger.info("exporting %s ONNX from %s into the cache", dtype, ckpt_dir)
+        export_onnx(ckpt_dir, building, dtype=dtype)
+        try:
+            building.rename(final)
+        except OSError:  # another build placed the same export first: keep that one
+            if not (final / "model.onnx").is_file():
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return final / "model.onnx"

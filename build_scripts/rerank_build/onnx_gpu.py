@@ -61,7 +61,7 @@ def onnx_gpu_values(config: RerankerConfig, settings: Any, attention_gib: float 
                            attention_gib=attention_gib)
     problems = check_profiles(batches, settings.served_buckets, settings.max_rows, settings.max_request_tokens)
     if problems:
-        problems.append(f"with --target gpu-onnx pass --max-request-tokens "
+        problems.append(f"with --target gpu-onnx pass --max-tokens-per-request "
                         f"{request_tokens(batches, settings.max_rows)} (one request must "
                         "fit one execution; clients and the gateway split larger ones)")
     return {

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rerank_contract.prompt import PairEncoder, Truncate, left_pad, load_tokenizer
+from rerank_contract.ranking import ranking_order
 
 from .textgen import FIXED_CASES, Case, random_cases
 
@@ -85,7 +86,7 @@ class ParityReport:
 
 def ranking(logits: np.ndarray) -> np.ndarray:
     """Indices by logit descending, ties by lower index first (the server's order)."""
-    return np.lexsort((np.arange(len(logits)), -logits))
+    return ranking_order(logits)
 
 
 def rankings_agree(reference: np.ndarray, candidate: np.ndarray, tolerance: float) -> bool:

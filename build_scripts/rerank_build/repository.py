@@ -1,4 +1,5 @@
-"""Assemble a deployable Triton model repository from the templates in ``model_repository/``.
+"""Assemble a deployable Triton model repository from the templates in ``model_repository/`` (shipped
+as the package data ``rerank_build.templates``).
 
 The fill step substitutes ``${name}`` placeholders (every one documented in the README's table),
 copies each model's ``1/`` files, the shared ``rerank_contract`` package, the tokenizer files and the
@@ -8,6 +9,7 @@ engine artefact (ONNX for ``cpu``, a TensorRT plan for ``gpu``), then parses eve
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -21,18 +23,21 @@ from typing import Any
 
 import rerank_contract
 from rerank_contract.names import ENSEMBLE_NAME
-from rerank_contract.prompt import DEFAULT_BUCKETS, DEFAULT_MAX_BYTES, DEFAULT_MAX_LENGTH, EOS_ID
+from rerank_contract.limits import DEFAULTS as LIMITS
+from rerank_contract.prompt import EOS_ID
 
 from .config import RerankerConfig
 from .tokenizer_files import copy_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+#: The templates, package data of this package (``model_repository/`` in the checkout, mapped to
+#: ``rerank_build.templates`` by pyproject.toml): the same lookup for an editable and a wheel install.
+TEMPLATES = Path(str(importlib.resources.files("rerank_build.templates")))
 MARKER = ".rerank-repository.json"
 TARGETS = ("cpu", "gpu", "gpu-onnx")
 CPU_ENGINES = ("onnxruntime", "openvino")
-ENGINE_TEMPLATE = {"cpu": "engine_onnx", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
+ENGINE_TEMPLATE = {"cpu": "engine_cpu", "gpu": "engine_tensorrt", "gpu-onnx": "engine_onnxruntime"}
 #: deployed model name -> template folder (the engine's depends on the target).
 MODELS = ("tokenizer", "engine", "postprocess")
 CONTRACT = "rerank_contract"
@@ -51,15 +56,16 @@ class RepositorySettings:
 
     target: str = "cpu"
     ensemble_name: str = ENSEMBLE_NAME
-    max_rows: int = 512
-    max_sequence_length: int = DEFAULT_MAX_LENGTH
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    max_request_tokens: int = 131072
-    max_request_bytes: int = DEFAULT_MAX_BYTES
+    # The published limits (rerank_contract.limits, their one home), under the template's names.
+    max_rows: int = LIMITS.max_rows
+    max_sequence_length: int = LIMITS.max_sequence_length
+    buckets: tuple[int, ...] = LIMITS.buckets
+    max_request_tokens: int = LIMITS.max_tokens
+    max_request_bytes: int = LIMITS.max_bytes
     pad_id: int = EOS_ID
     tokenizer_instances: int = 2
     postprocess_instances: int = 1
-    engine_max_batch_size: int = 512
+    engine_max_batch_size: int = LIMITS.max_rows
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 100
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
@@ -70,7 +76,12 @@ class RepositorySettings:
     engine_instances: int = 1
     ort_threads: int = 0
     engine_tokens_per_run: int = 4096
-    openvino_shape_cache: int = 500  # OpenVINO's prepared-kernel cache, in input shapes (bounds its memory)
+    # OpenVINO keeps prepared kernels per input shape, 5,000 shapes by default; our runs come in thousands
+    # of (rows, width) shapes, so its memory rose for the whole 10-minute soak (engine +12 %). A bound of a
+    # few hundred keeps the shapes that repeat; on the small preset, 600 random runs of up to 4,096 tokens
+    # took the same time with 300 as with 5,000 (docs/cpu_engine.md, "Memory"). The engine model has no
+    # default of its own: every engine parameter's default is here.
+    openvino_shape_cache: int = 500
     # gpu target
     gpus: tuple[int, ...] = (0,)
     instances_per_gpu: int = 1  # fits an 80 GB GPU with the full model (2 do by estimate; docs/gpu.md, "Memory")
@@ -414,7 +425,7 @@ def build_repository(
             (engine_dir / "engine_meta.json").write_text(json.dumps(gpu_meta, indent=2))
             compile_strategy(engine_dir.parent)
 
-        _write_model(out, "postprocess", "postprocess", values)
+        copy_contract(_write_model(out, "postprocess", "postprocess", values))  # its ranking-order rule
         values["model_fingerprint"] = served_fingerprint(out)
         _write_model(out, settings.ensemble_name, "ensemble", values)
         (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
@@ -427,15 +438,13 @@ def build_repository(
 
 
 def _place_onnx(ckpt_dir: Path, onnx: Path | None, engine_dir: Path) -> None:
-    from .export_onnx import EXTERNAL_DATA_FILE, export_onnx
+    """Link (or copy) an ONNX export into the engine folder: the one given, else the fp32 export of the
+    checkpoint from the build cache (exported there once; never into the engine folder)."""
+    from .export_onnx import EXTERNAL_DATA_FILE, cached_export
 
     if onnx is None:
-        logger.info("no --onnx given: exporting fp32 ONNX from %s", ckpt_dir)
-        export_onnx(ckpt_dir, engine_dir, dtype="fp32")
-        for extra in engine_dir.iterdir():
-            if extra.name not in ("model.onnx", EXTERNAL_DATA_FILE, "model.py", CONTRACT, "export_meta.json"):
-                extra.unlink()
-        return
+        logger.info("no --onnx given: the fp32 ONNX of %s", ckpt_dir)
+        onnx = cached_export(ckpt_dir, dtype="fp32")
     if not onnx.is_file():
         raise RepositoryError(f"--onnx {onnx} does not exist")
     _link_or_copy(onnx, engine_dir / "model.onnx")

@@ -20,12 +20,14 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_contract.ports import DEFAULT as DEFAULT_PORTS
+
 from .tensors import DEFAULT_ENSEMBLE_NAME, protocol_module
 
 _MAX_MESSAGE = 2**31 - 1
 #: Where ``make serve`` (NIM's layout) puts each protocol: Triton gRPC on 8001, Triton's KServe HTTP
 #: on 8003 (8000 is the REST gateway's, which speaks NIM's /v1/ranking, not KServe).
-DEFAULT_URLS = {"grpc": "localhost:8001", "http": "localhost:8003"}
+DEFAULT_URLS = {"grpc": f"localhost:{DEFAULT_PORTS.grpc}", "http": f"localhost:{DEFAULT_PORTS.triton_http}"}
 #: Round robin over every resolved address. No client-side health checks: they need the health
 #: service's streaming Watch, which Triton 2.51 does not implement (only Check); gRPC would log an
 #: error per connection and treat every server as healthy anyway.

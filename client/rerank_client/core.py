@@ -20,6 +20,8 @@ import numpy as np
 
 from rerank_contract import names
 from rerank_contract import prompt as rp
+from rerank_contract.ranking import ranking_order
+from rerank_contract.limits import DEFAULTS as DEFAULT_LIMITS, config_parameters, published_limits
 
 from .connection import ConnectionSettings
 from .errors import (
@@ -34,11 +36,13 @@ DEFAULT_ROWS_PER_REQUEST = 128
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What the ensemble publishes in its config (NIM servers may publish only max_batch_size)."""
+    """What the ensemble publishes in its config (NIM servers may publish only max_batch_size); a limit
+    it does not publish is None (the client then does not plan for it), except the rows and the
+    sequence length, which take the project's defaults (:data:`rerank_contract.limits.DEFAULTS`)."""
 
-    max_rows: int = 512
+    max_rows: int = DEFAULT_LIMITS.max_rows
     max_tokens: int | None = None
-    max_sequence_length: int = rp.DEFAULT_MAX_LENGTH
+    max_sequence_length: int = DEFAULT_LIMITS.max_sequence_length
     buckets: tuple[int, ...] | None = None
     max_bytes: int | None = None  # text bytes per request, every row's query and passage
     max_in_flight: int | None = None  # admission budget in passages (the REST gateway enforces it)
@@ -46,23 +50,12 @@ class ServerLimits:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
-        """From a model config as JSON (tritonclient's ``get_model_config`` as a dict)."""
-        config = config.get("config", config)
-        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-        max_rows = int(params.get(names.MAX_ROWS_PER_REQUEST) or config.get("max_batch_size") or 512)
-        tokens = params.get(names.MAX_TOKENS_PER_REQUEST)
-        buckets = params.get(names.LENGTH_BUCKETS)
-        max_bytes = params.get(names.MAX_BYTES_PER_REQUEST)
+        """From a model config as JSON (tritonclient's ``get_model_config`` as a dict), with the parser
+        the tokenizer model uses (:func:`rerank_contract.limits.published_limits`)."""
+        params = config_parameters(config)
         in_flight = params.get(names.MAX_PASSAGES_IN_FLIGHT)
-        return cls(
-            max_rows=max_rows,
-            max_tokens=int(tokens) if tokens else None,
-            max_sequence_length=int(params.get(names.MAX_SEQUENCE_LENGTH) or rp.DEFAULT_MAX_LENGTH),
-            buckets=tuple(int(b) for b in buckets.split(",")) if buckets else None,
-            max_bytes=int(max_bytes) if max_bytes else None,
-            max_in_flight=int(in_flight) if in_flight else None,
-            model_fingerprint=params.get(names.MODEL_FINGERPRINT) or None,
-        )
+        return cls(**published_limits(config), max_in_flight=int(in_flight) if in_flight else None,
+                   model_fingerprint=params.get(names.MODEL_FINGERPRINT) or None)
 
     def padded(self, length: int) -> int:
         return rp.choose_bucket(length, self.buckets) if self.buckets else length
@@ -298,7 +291,7 @@ def merge(chunks: Sequence[Sequence[int]], results: Sequence[RawResult], passage
     logit = joined([r.logit for r in results], np.float32)
     counts = joined([r.token_count for r in results], np.int32)
     windows = joined([r.chunks if r.chunks is not None else np.ones_like(r.index) for r in results], np.int32)
-    order = np.lexsort((index, -logit))  # the server's order: logit descending, ties lower index first
+    order = ranking_order(logit, index)  # the server's order: logit descending, ties lower index first
     if top_n is not None:
         order = order[:top_n]
     scores = sigmoid32(logit[order])
@@ -386,4 +379,4 @@ class ClientBase:
         plan = plan_requests(self.estimator.estimate(query, list(passages), passage_bytes), limits,
                              self.max_rows_per_request, parsed.value, [query_bytes + n for n in passage_bytes],
                              overlap=overlap if chunked else 0, query_tokens=query_tokens)
-        return Truncation(mode, overlap if chunked else None), plan
+        return Truncation(parsed if mode is not None else None, overlap if chunked else None), plan

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rerank_contract import names
+from rerank_contract.prompt import RerankInputError, Truncate, parse_truncate
 
 DEFAULT_ENSEMBLE_NAME = names.ENSEMBLE_NAME
 OUTPUTS = names.OUTPUTS
@@ -32,20 +33,35 @@ class RawResult:
 
 @dataclass(frozen=True)
 class Truncation:
-    """What a request asks of truncation: NIM's ``truncate`` and, under CHUNK, ``chunk_overlap``."""
+    """What a request asks of truncation: NIM's ``truncate`` and, under CHUNK, ``chunk_overlap``.
 
-    mode: str | None = None
+    ``truncate`` is parsed by the contract's one parser (:func:`rerank_contract.prompt.parse_truncate`)
+    and sent in canonical form (``END``, not `` end ``); a value it refuses is sent as given, so that the
+    server names it in its error (the raw helpers here may be asked to send anything)."""
+
+    mode: "str | Truncate | None" = None
     chunk_overlap: int | None = None
     per_passage: bool = False  # errors="per_passage": an over-long pair is its passage's error, not the call's
 
     @property
+    def parsed(self) -> Truncate | None:
+        """The mode (None: not given, or not a mode at all)."""
+        if self.mode is None:
+            return None
+        try:
+            return parse_truncate(self.mode)
+        except RerankInputError:
+            return None
+
+    @property
     def chunked(self) -> bool:
-        return (self.mode or "").strip().upper() == "CHUNK"
+        return self.parsed is Truncate.CHUNK
 
     def parameters(self) -> dict[str, Any] | None:
         params: dict[str, Any] = {}
         if self.mode is not None:
-            params[names.TRUNCATE_PARAMETER] = self.mode
+            parsed = self.parsed
+            params[names.TRUNCATE_PARAMETER] = parsed.value if parsed is not None else self.mode
         if self.chunked and self.chunk_overlap is not None:
             params[names.CHUNK_OVERLAP_PARAMETER] = int(self.chunk_overlap)
         return params or None

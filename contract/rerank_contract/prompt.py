@@ -5,7 +5,7 @@ client's token estimates and the REST gateway all import this file (the reposito
 the ``rerank_contract`` package verbatim beside the tokenizer's ``model.py``), so the template and
 the truncation semantics exist exactly once.
 
-Semantics (see MODEL_FACTS.md):
+Semantics (docs/model.md):
 - one templated string per pair, ``question:{query} \\n \\n passage:{passage}`` with REAL newlines;
 - the tokenizer's post-processor prepends BOS (``<|begin_of_text|>``), no EOS; special-token
   strings inside the texts are encoded as text, never as control tokens;
@@ -32,17 +32,17 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from tokenizers import Tokenizer
 
+from .limits import DEFAULT_BUCKETS, DEFAULTS, RequestLimits
+
 TEMPLATE = "question:{query} \n \n passage:{passage}"
-DEFAULT_MAX_LENGTH = 8192
+DEFAULT_MAX_LENGTH = DEFAULTS.max_sequence_length
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|end_of_text|>"
 BOS_ID = 128000
 EOS_ID = 128001
-#: Length buckets the tokenizer pads to, so that Triton's dynamic batcher (which only merges
-#: requests of identical shape) can merge requests.
-DEFAULT_BUCKETS: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 #: Text bytes per Triton request (every row's query and passage), refused before tokenizing.
-DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BYTES = DEFAULTS.max_bytes
+__all__ = ["DEFAULT_BUCKETS", "RequestLimits"]  # re-exported: their home is rerank_contract.limits
 
 
 class RerankInputError(ValueError):
@@ -280,16 +280,6 @@ class PaddedBatch:
         return int(self.input_ids.size)
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-request limits the server enforces and publishes (clients split requests to fit)."""
-
-    max_rows: int = 512
-    max_tokens: int = 131072  # padded tokens: rows x bucket length
-    buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    max_bytes: int = DEFAULT_MAX_BYTES  # text bytes, every row's query and passage, checked before tokenizing
-
-
 def text_bytes(values: Sequence["str | bytes"]) -> int:
     """Bytes of UTF-8 text the values carry (what tokenizing them costs), without decoding them."""
     return sum(len(v) if isinstance(v, (bytes, bytearray, memoryview)) else len(str(v).encode("utf-8", "surrogatepass"))
@@ -362,74 +352,6 @@ def encode_request(
     return PaddedBatch(batch.input_ids, batch.attention_mask, batch.token_counts, owners)
 
 
-#: What one more engine call costs, in padded tokens: the fixed work of a run (a call into the runtime,
-#: slicing, copies). Measured on the small preset on 2 cores: a call of 1 x 8 tokens takes 1.8 ms in
-#: OpenVINO f32 and 2.1 ms in ONNX Runtime, the time of 20-30 tokens in a wide run; 64 leaves margin
-#: for the Python around it.
-RUN_COST_TOKENS = 64
-
-
-def compact_runs(lengths: "Sequence[int] | np.ndarray", max_tokens: int, granularity: int = 8,
-                 run_cost: int = RUN_COST_TOKENS) -> list[tuple[np.ndarray, int]]:
-    """Regroup left-padded rows by true length for an engine that accepts any width (CPU).
-
-    Returns (row indices, width) per run. Rows are sorted by length and cut into consecutive runs
-    that minimise padded tokens + ``run_cost`` per run (an exact dynamic programme over the sorted
-    rows), with at most ``max_tokens`` padded tokens per run (a longer row runs alone). Widths are
-    multiples of ``granularity``, so shapes repeat. Scores do not depend on padding.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    widths = np.maximum(granularity, -(-lengths[order] // granularity) * granularity)
-    n = len(order)
-    best = np.zeros(n + 1)  # best[j]: the cheapest cost of the j shortest rows
-    cut = np.zeros(n + 1, dtype=np.int64)  # where the last run of that optimum starts
-    for j in range(1, n + 1):
-        width = int(widths[j - 1])  # the widest row of any run ending at j
-        first = max(0, j - max(1, max_tokens // width))
-        starts = np.arange(first, j)
-        cost = best[first:j] + (j - starts) * width + run_cost
-        k = int(np.argmin(cost))
-        best[j], cut[j] = cost[k], first + k
-    runs: list[tuple[np.ndarray, int]] = []
-    j = n
-    while j > 0:
-        runs.append((order[cut[j]:j], int(widths[j - 1])))
-        j = int(cut[j])
-    return runs[::-1]
-
-
-def engine_input_problem(input_ids: np.ndarray, attention_mask: np.ndarray, max_width: int,
-                         vocab_size: int) -> "str | None":
-    """Why the engine step must refuse a request that reached it directly, or None if it is sound.
-
-    The ensemble's tokenizer only ever sends sound rows, but the engine model is reachable on its
-    own: an id outside the vocabulary would be gathered out of bounds (undefined in a TensorRT
-    engine), a width past the longest bucket allocates without bound, a mask of other values than
-    0 and 1 gives NaN, an all-zero mask gives a plausible-looking score of nothing, and the CPU
-    engine cuts rows to their length from the left, which only a left-padded row survives.
-    """
-    if input_ids.ndim != 2 or attention_mask.ndim != 2 or input_ids.shape != attention_mask.shape:
-        return (f"input_ids {list(input_ids.shape)} and attention_mask {list(attention_mask.shape)} must both be "
-                "[rows, width], of the same shape")
-    rows, width = input_ids.shape
-    if width > max_width:
-        return f"width {width} exceeds the longest sequence the engine serves ({max_width} tokens)"
-    if rows == 0 or width == 0:
-        return "no tokens to score"
-    low, high = int(input_ids.min()), int(input_ids.max())
-    if low < 0 or high >= vocab_size:
-        return f"input_ids must lie in [0, {vocab_size}), got values from {low} to {high}"
-    if not np.isin(attention_mask, (0, 1)).all():
-        return "attention_mask must hold only 0 and 1"
-    if (np.diff(attention_mask, axis=1) < 0).any():
-        return "rows must be left-padded: each attention_mask row is zeros, then ones"
-    empty = np.flatnonzero(attention_mask.sum(axis=1) == 0)
-    if empty.size:
-        return f"row {int(empty[0])} has an all-zero attention_mask: there is nothing to score"
-    return None
-
-
 def choose_bucket(length: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
     """Smallest bucket that holds ``length`` tokens; the length itself past the last bucket."""
     for bucket in sorted(buckets):
@@ -457,3 +379,20 @@ def left_pad(
             ids[i, width - len(row):] = row
             mask[i, width - len(row):] = 1
     return PaddedBatch(ids, mask, counts)
+
+
+#: Moved to :mod:`rerank_contract.engine_input` (engine internals, not the request contract).
+_MOVED = ('RUN_COST_TOKENS', 'compact_runs', 'engine_input_problem')
+
+
+def __getattr__(name: str) -> object:
+    """The old names of the engine internals still import from here, with a deprecation warning."""
+    if name in _MOVED:
+        import warnings
+
+        from . import engine_input
+
+        warnings.warn(f"rerank_contract.prompt.{name} moved to rerank_contract.engine_input.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(engine_input, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Every error leaves as JSON: ``{"object": "error", "message", "detail", "type", "code"}``.
 
-Why these keys (../shared/REAL_CLIENTS.md): LangChain shows ``message`` as the title and ``detail``
-as the body; Haystack and LiteLLM show the raw body; the Cohere SDK shows the parsed body;
+Why these keys (docs/clients.md, what each real client shows of an error): LangChain shows
+``message`` as the title and ``detail`` as the body; Haystack and LiteLLM show the raw body; the Cohere SDK shows the parsed body;
 ``"object": "error"`` is the NIM container's shape. A plain-text 500 is never sent: LangChain's async
 client mangles it and its sync client dumps ``requests`` internals instead.
 """

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from rerank_client import InputTooLongError
+from rerank_client.tensors import Truncation
 
 from ..auth import require_key
 from ..errors import ApiError
@@ -37,7 +38,7 @@ def nim_body(scored: Scored, keep: int | None = None, chunked: bool = False) -> 
 
 
 def chunked(body: RankingRequest) -> bool:
-    return (body.truncate or "").strip().upper() == "CHUNK"
+    return Truncation(body.truncate).chunked
 
 
 async def _rank(request: Request, route: str, body: RankingRequest) -> Scored:

@@ -2,10 +2,13 @@
 
 Rows arrive one per window: a passage that ``truncate=CHUNK`` split has several (PASSAGE_INDEX says
 whose), and gets the best of their logits, the sum of their tokens and their number. Scores stay fp32.
+The order is the contract's rule (``rerank_contract/ranking.py``, copied beside this file).
 """
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+from rerank_contract.ranking import ranking_order
 
 
 def aggregate(logits: np.ndarray, token_counts: np.ndarray, passage_index: np.ndarray):
@@ -22,7 +25,7 @@ def aggregate(logits: np.ndarray, token_counts: np.ndarray, passage_index: np.nd
 def rank(logits: np.ndarray, token_counts: np.ndarray, passage_index: np.ndarray):
     """(index, logit, token_count, chunks) in ranking order, each [P, 1]."""
     scores, tokens, windows = aggregate(logits, token_counts, passage_index)
-    order = np.lexsort((np.arange(scores.size), -scores)).astype(np.int32)
+    order = ranking_order(scores).astype(np.int32)
     return tuple(a.reshape(-1, 1) for a in (order, scores[order], tokens[order], windows[order]))
 
 

@@ -3,8 +3,8 @@
 Under ``truncate=CHUNK`` a long passage gives several rows (its windows); PASSAGE_INDEX tells the
 postprocess step which passage each row scores.
 
-All rules (template, BOS, truncation, limits, errors) live in ``rerank_contract/prompt.py``, which the
-repository assembly copies beside this file. Bad input answers INVALID_ARGUMENT for that request
+All rules (template, BOS, truncation, errors) live in ``rerank_contract/prompt.py`` and the limits in
+``rerank_contract/limits.py``; the repository assembly copies that package beside this file. Bad input answers INVALID_ARGUMENT for that request
 only; nothing reaches the engine's batch.
 """
 
@@ -16,10 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from rerank_contract import names
 from rerank_contract import prompt as rp
-
-
-def _parameters(model_config: dict) -> dict:
-    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+from rerank_contract.limits import config_parameters, limits_from_config
 
 
 def _parameters_of(request) -> tuple[object, object]:
@@ -30,17 +27,12 @@ def _parameters_of(request) -> tuple[object, object]:
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = _parameters(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
         here = os.path.join(args["model_repository"], args["model_version"])
         tokenizer = rp.load_tokenizer(os.path.join(here, "tokenizer.json"))
-        self.encoder = rp.PairEncoder(tokenizer, max_length=int(params[names.MAX_SEQUENCE_LENGTH]))
-        self.limits = rp.RequestLimits(
-            max_rows=int(json.loads(args["model_config"])["max_batch_size"]),
-            max_tokens=int(params[names.MAX_TOKENS_PER_REQUEST]),
-            max_bytes=int(params[names.MAX_BYTES_PER_REQUEST]),
-            buckets=tuple(int(b) for b in params[names.LENGTH_BUCKETS].split(",")),
-        )
-        self.pad_id = int(params["pad_id"])
+        self.limits = limits_from_config(config)
+        self.encoder = rp.PairEncoder(tokenizer, max_length=self.limits.max_sequence_length)
+        self.pad_id = int(config_parameters(config)["pad_id"])
 
     def execute(self, requests):
         return [self._tokenize(request) for request in requests]

@@ -3,13 +3,13 @@ attention_mask -> logits).
 
 The dynamic batcher hands over several requests, each left-padded to its own length bucket (the
 inputs allow ragged batches, see config.pbtxt). All their rows are regrouped by true length
-(``rerank_contract.prompt.compact_runs``, copied beside this file: the split that minimises padded
+(``rerank_contract.engine_input.compact_runs``, copied beside this file: the split that minimises padded
 tokens plus a per-run cost) and each run is cut to its own longest row, so a request whose passages
 are mostly short no longer pays for its longest one. Bidirectional attention with a key-padding mask
 and relative RoPE make a row's score independent of its padding (tested): this changes speed, not scores.
 
 The engine is reachable on its own, not only through the ensemble, so each request is checked first
-(``rerank_contract.prompt.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
+(``rerank_contract.engine_input.engine_input_problem``: ids in the vocabulary, a binary mask of the ids'
 shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
 a non-finite score is never returned.
 
@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from rerank_contract import prompt as rp
+from rerank_contract import engine_input
 
 # ONNX Runtime's CPU arena keeps the memory of the largest run it has seen: measured on the small
 # preset, 15 GB after a few 8k-token rows, for good. Runs wider than this give their arena chunks back
@@ -58,14 +58,7 @@ def cpu_has_bf16():
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-# OpenVINO keeps prepared kernels per input shape, 5,000 shapes by default; our runs come in thousands
-# of (rows, width) shapes, so its memory rose for the whole 10-minute soak (engine +12 %). A bound of a
-# few hundred shapes keeps the shapes that repeat; measured on the small preset, 600 random runs of up to
-# 4,096 tokens took the same time with 300 as with 5,000 (docs/cpu_engine.md, "Memory").
-DEFAULT_SHAPE_CACHE = 500
-
-
-def openvino_runner(path, threads, precision, shape_cache=DEFAULT_SHAPE_CACHE):
+def openvino_runner(path, threads, precision, shape_cache):
     import openvino as ov
 
     core = ov.Core()
@@ -77,24 +70,34 @@ def openvino_runner(path, threads, precision, shape_cache=DEFAULT_SHAPE_CACHE):
     return lambda ids, mask: np.asarray(compiled({"input_ids": ids, "attention_mask": mask})[output], np.float32)
 
 
+#: What config.pbtxt must give this model (filled from RepositorySettings by rerank-build repository).
+ENGINE_PARAMETERS = ("onnx_file", "intra_op_threads", "runtime", "precision", "shape_cache", "max_tokens_per_run",
+                     "max_width", "vocab_size")
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
+        # Every parameter is written by the repository assembly, whose RepositorySettings hold the
+        # defaults (their one home): a missing one is a broken repository, named here.
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        missing = [k for k in ENGINE_PARAMETERS if k not in params]
+        if missing:
+            raise ValueError(f"engine: config.pbtxt lacks the parameters {missing}")
         here = os.path.join(args["model_repository"], args["model_version"])
-        path = os.path.join(here, params.get("onnx_file", "model.onnx"))
-        threads = int(params.get("intra_op_threads", "0"))
-        runtime = params.get("runtime", "onnxruntime")
-        precision = params.get("precision", "f32")
+        path = os.path.join(here, params["onnx_file"])
+        threads = int(params["intra_op_threads"])
+        runtime = params["runtime"]
+        precision = params["precision"]
         if precision == "bf16" and not cpu_has_bf16():
             pb_utils.Logger.log_warn("engine: this CPU has no AVX512-BF16/AMX; running OpenVINO in f32, not bf16")
             precision = "f32"
-        shape_cache = int(params.get("shape_cache", DEFAULT_SHAPE_CACHE))
+        shape_cache = int(params["shape_cache"])
         self.run = (openvino_runner(path, threads, precision, shape_cache) if runtime == "openvino"
                     else onnxruntime_runner(path, threads))
-        self.max_tokens = int(params.get("max_tokens_per_run", "4096"))
-        self.max_width = int(params.get("max_width", rp.DEFAULT_MAX_LENGTH))
-        self.vocab_size = int(params.get("vocab_size", "128256"))
+        self.max_tokens = int(params["max_tokens_per_run"])
+        self.max_width = int(params["max_width"])
+        self.vocab_size = int(params["vocab_size"])
         self.tokens = pb_utils.MetricFamily(name="rerank_engine_tokens_total", kind=pb_utils.MetricFamily.COUNTER,
                                             description="Tokens the CPU engine ran: useful (in the mask) or padded")
         self.useful = self.tokens.Metric(labels={"kind": "useful"})
@@ -103,7 +106,7 @@ class TritonPythonModel:
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests]
-        problems = [rp.engine_input_problem(i, m, self.max_width, self.vocab_size) for i, m in zip(ids, masks)]
+        problems = [engine_input.engine_input_problem(i, m, self.max_width, self.vocab_size) for i, m in zip(ids, masks)]
         good = [k for k, problem in enumerate(problems) if problem is None]
         responses = [pb_utils.InferenceResponse(error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
                      if problem else None for problem in problems]
@@ -132,7 +135,7 @@ class TritonPythonModel:
         mask = np.concatenate([_left_pad(m, width, 0) for m in masks])
         lengths = mask.sum(axis=1)
         logits = np.empty((input_ids.shape[0], 1), dtype=np.float32)
-        runs = rp.compact_runs(lengths, self.max_tokens)
+        runs = engine_input.compact_runs(lengths, self.max_tokens)
         self.useful.increment(int(lengths.sum()))
         self.padded.increment(sum(len(rows) * run_width for rows, run_width in runs))
         for rows, run_width in runs:

@@ -1,7 +1,8 @@
 """The whole serving stack on one machine: tritonserver plus the REST gateway, in NIM's port layout.
 
-Ports: the REST API (gateway) on 8000, Triton gRPC on 8001, Triton metrics on 8002 and Triton's own
-KServe HTTP on 8003. :class:`ServingStack` is what ``rerank-build serve`` (and so ``make serve``), the
+Ports (:class:`rerank_contract.ports.Ports`): the REST API (gateway) on 8000, Triton gRPC on 8001,
+Triton metrics on 8002 and Triton's own KServe HTTP on 8003. :class:`ServingStack` is what ``rerank-serve``
+(and ``rerank-build serve``, and so ``make serve``), the
 tests and the load tests start; :func:`serve` runs it in the foreground until Ctrl-C or SIGTERM, with
 the watchdog (``watchdog.py``) restarting what dies, and stops both processes (and every child of
 theirs) whichever way it ends.
@@ -11,30 +12,25 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-from .server import Ports, ServerError, TritonServer, free_ports, server_env, spawn, stop_group
+from rerank_contract.ports import DEFAULT, Ports
+
+from .server import ServerError, TritonServer, free_stack_ports, server_env, spawn, stop_group
 from .watchdog import CrashLoop, StackWatchdog
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ServePorts:
-    http: int = 8000  # the REST API (gateway)
-    grpc: int = 8001  # Triton gRPC (NIM's)
-    metrics: int = 8002  # Triton's Prometheus metrics
-    triton_http: int = 8003  # Triton's KServe v2 HTTP
-
-    @classmethod
-    def free(cls) -> "ServePorts":
-        return cls(*free_ports(4))
+#: Deprecated name of :class:`rerank_contract.ports.Ports` (the stack's ports and tritonserver's were two
+#: types; ``ServePorts(http, grpc, metrics, triton_http)`` still builds the same value).
+ServePorts = Ports
 
 
 def local_address(host: str) -> str:
@@ -45,14 +41,14 @@ def local_address(host: str) -> str:
 class GatewayProcess:
     """``rerank-gateway`` as a child process in its own process group (workers included)."""
 
-    def __init__(self, triton_grpc: str, host: str = "127.0.0.1", port: int = 8000,
+    def __init__(self, triton_grpc: str, host: str = "127.0.0.1", port: int = DEFAULT.rest,
                  log_path: str | Path | None = None, extra_args: list[str] | None = None) -> None:
         self.triton_grpc = triton_grpc
         self.host = host
         self.port = port
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = list(extra_args or [])
-        self.process = None
+        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -109,10 +105,9 @@ class GatewayProcess:
         self.stop()
 
 
-def replica_ports(ports: ServePorts, replica: int) -> Ports:
-    """Triton's ports for replica ``replica`` (0: the ServePorts themselves; k: each port + 10 k)."""
-    step = 10 * replica
-    return Ports(ports.triton_http + step, ports.grpc + step, ports.metrics + step)
+def replica_ports(ports: Ports, replica: int) -> Ports:
+    """Triton's ports for replica ``replica`` (0: the stack's own; k: each port + 10 k)."""
+    return ports.offset(10 * replica)
 
 
 class ServingStack:
@@ -120,14 +115,14 @@ class ServingStack:
     stops them all. With replicas the gateway spreads requests over every replica's gRPC port (the
     client library's multi-endpoint target) and retries a failed one on another."""
 
-    def __init__(self, repository: str | Path, ports: ServePorts | None = None, host: str = "127.0.0.1",
+    def __init__(self, repository: str | Path, ports: Ports | None = None, host: str = "127.0.0.1",
                  log_dir: str | Path | None = None, gateway_args: list[str] | None = None,
                  triton_args: list[str] | None = None, log_verbose: int = 0, with_gateway: bool = True,
                  replicas: int = 1, replica_port_list: list[Ports] | None = None) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
         chosen = ports is not None
-        self.ports = ports or ServePorts.free()
+        self.ports = ports or free_stack_ports()
         self.host = host
         self.with_gateway = with_gateway
         logs = Path(log_dir) if log_dir and str(log_dir) != "-" else None
@@ -136,7 +131,7 @@ class ServingStack:
         terminal = log_dir is not None and str(log_dir) == "-"
         # Given ports: each replica's are offset by 10 (serve --replicas); free ones: more free ones.
         port_list = replica_port_list or [replica_ports(self.ports, 0)] + [
-            replica_ports(self.ports, k) if chosen else Ports(*free_ports(3)) for k in range(1, replicas)]
+            replica_ports(self.ports, k) if chosen else free_stack_ports() for k in range(1, replicas)]
 
         def log(name: str) -> str | Path | None:
             return "-" if terminal else (logs / name if logs else None)
@@ -147,7 +142,7 @@ class ServingStack:
         local = local_address(host)
         target = (f"{local}:{port_list[0].grpc}" if replicas == 1
                   else "ipv4:" + ",".join(f"{local}:{p.grpc}" for p in port_list[:replicas]))
-        self.gateway = GatewayProcess(target, host, self.ports.http, log_path=log("gateway.log"),
+        self.gateway = GatewayProcess(target, host, self.ports.rest, log_path=log("gateway.log"),
                                       extra_args=gateway_args)
 
     @property
@@ -192,7 +187,7 @@ class ServingStack:
         self.stop()
 
 
-def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, log_verbose: int = 0,
+def serve(repository: Path, ports: Ports, host: str, gateway: bool = True, log_verbose: int = 0,
           gateway_args: list[str] | None = None, watchdog: bool = True, replicas: int = 1) -> int:
     """Foreground: start the stack, log where it listens, keep it serving (the watchdog restarts a
     dead python stub's tritonserver, or a dead part), stop it all on Ctrl-C / SIGTERM."""
@@ -208,9 +203,9 @@ def serve(repository: Path, ports: ServePorts, host: str, gateway: bool = True, 
             signal.signal(sig, lambda *_: stop.set())
         guard.arm()
         where = [f"Triton{' replica ' + str(k) if replicas > 1 else ''} gRPC {host}:{t.ports.grpc}, "
-                 f"KServe HTTP {host}:{t.ports.http}, metrics {host}:{t.ports.metrics}" for k, t in enumerate(stack.tritons)]
+                 f"KServe HTTP {host}:{t.ports.triton_http}, metrics {host}:{t.ports.metrics}" for k, t in enumerate(stack.tritons)]
         if gateway:
-            where.insert(0, f"REST API http://{host}:{ports.http} (docs: /docs)")
+            where.insert(0, f"REST API http://{host}:{ports.rest} (docs: /docs)")
         logger.info("serving: %s. Ctrl-C stops.", "; ".join(where))
         while not stop.wait(0.5):
             try:

@@ -1,6 +1,6 @@
 """Run a real ``tritonserver`` on CPU: the binary shipped in the ``nvidia-pytriton`` wheel.
 
-Quirks handled here (measured, see ../shared/TRITON_NOTES.md):
+Quirks handled here (measured; docs/triton.md):
 - the python-backend stub must sit in that package's ``tritonserver/backends/python/`` (its RPATH
   is relative), so we copy the one for this interpreter's version there once;
 - python models see the venv's packages only when the venv's ``bin`` is first on ``PATH``;
@@ -25,9 +25,10 @@ import sys
 import sysconfig
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from rerank_contract.ports import Ports
 
 from .stubs import Stub, alive, python_stubs, remove_shm_regions
 
@@ -94,15 +95,6 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
-class Ports:
-    """tritonserver's own ports; ``stack.ServePorts`` is the whole stack's (REST API on 8000)."""
-
-    http: int = 8003  # KServe v2 HTTP (8000 is the REST gateway's)
-    grpc: int = 8001
-    metrics: int = 8002
-
-
 def free_ports(n: int = 3) -> list[int]:
     """Ports the OS considers free right now (bound together so they differ)."""
     with contextlib.ExitStack() as stack:
@@ -110,6 +102,11 @@ def free_ports(n: int = 3) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
+
+
+def free_stack_ports() -> Ports:
+    """Four free ports for a whole stack (tests, benchmarks)."""
+    return Ports(*free_ports(4))
 
 
 #: Triton API groups that change the server (model load/unload, shared-memory registration, log and
@@ -125,19 +122,27 @@ def admin_key() -> str:
 
 
 def server_command(repository: Path, ports: Ports, host: str = "127.0.0.1", log_verbose: int = 0,
-                   extra: list[str] | None = None, admin: str | None = None) -> list[str]:
+                   extra: list[str] | None = None, admin: str | None = None, *, binary: str | Path | None = None,
+                   backend_dir: str | Path | None = None, gpu_metrics: bool = False) -> list[str]:
+    """tritonserver's command line, written in this one place for every way we start it: the local stack
+    (:class:`TritonServer`), the serving image (``supervise.py --image``) and the tests.
+
+    Model control is off (no load/unload API), readiness is strict, and the admin API groups
+    (:data:`RESTRICTED_APIS`) answer only requests carrying :data:`ADMIN_HEADER` with ``admin`` (default
+    :func:`admin_key`). ``binary`` and ``backend_dir`` default to this machine's (pytriton's, or
+    ``$TRITONSERVER_BIN``); GPU metrics are off unless asked for (there is no GPU on the CPU path)."""
     restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin or admin_key()}"
     return [
-        str(tritonserver_binary()),
+        str(binary or tritonserver_binary()),
         f"--model-repository={repository}",
-        f"--backend-directory={backend_directory()}",
+        f"--backend-directory={backend_dir or backend_directory()}",
         "--model-control-mode=none",
         "--strict-readiness=true",
         "--exit-on-error=true",
-        f"--http-address={host}", f"--http-port={ports.http}",
+        f"--http-address={host}", f"--http-port={ports.triton_http}",
         f"--grpc-address={host}", f"--grpc-port={ports.grpc}",
         f"--metrics-address={host}", f"--metrics-port={ports.metrics}",
-        "--allow-gpu-metrics=false",
+        f"--allow-gpu-metrics={'true' if gpu_metrics else 'false'}",
         f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}",
         f"--log-verbose={log_verbose}",
         *(extra or []),
@@ -207,7 +212,7 @@ class TritonServer:
                  log_path: str | Path | None = None, extra_args: list[str] | None = None,
                  log_verbose: int = 0) -> None:
         self.repository = Path(repository).resolve()
-        self.ports = ports or Ports(*free_ports(3))
+        self.ports = ports or free_stack_ports()
         self.host = host
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = extra_args
@@ -222,7 +227,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.ports.http}"
+        return f"{self.host}:{self.ports.triton_http}"
 
     def url(self, protocol: str) -> str:
         return self.grpc_url if protocol == "grpc" else self.http_url
@@ -231,7 +236,7 @@ class TritonServer:
         ensure_python_stub()
         cmd = server_command(self.repository, self.ports, self.host, self.log_verbose, self.extra_args,
                              self.admin_key)
-        logger.info("starting tritonserver on http %d / grpc %d", self.ports.http, self.ports.grpc)
+        logger.info("starting tritonserver on http %d / grpc %d", self.ports.triton_http, self.ports.grpc)
         self.process = spawn(cmd, server_env(), self.log_path)
         try:
             self.wait_ready(timeout_s)

@@ -44,7 +44,7 @@ class RestartBudget:
 
 
 class StackWatchdog:
-    """Watches a running :class:`~rerank_build.stack.ServingStack` and restarts what died.
+    """Watches a running :class:`~rerank_serving.stack.ServingStack` and restarts what died.
 
     - a python stub of a tritonserver (replica) died -> restart that tritonserver (module docstring);
     - a tritonserver itself exited -> start it again (with replicas, the others serve meanwhile);
