@@ -128,7 +128,7 @@ def measure(repository: Path, label: str, single: dict[int, int], concurrent_req
     rows = []
     # No admission budget: 8 clients x 200 passages exceed it by design, and this measures the gateway's
     # cost for the same work, not its answer to overload (loadtests/overload.py measures that).
-    with ServingStack(repository, log_dir=log_dir, gateway_args=["--no-access-log", "--no-admission"]) as stack, \
+    with ServingStack(repository, log_dir=log_dir, gateway_args=["--no-access-log", "--no-admission", "--no-cache"]) as stack, \
             contextlib.closing(Paths(stack)) as paths:
         ways = (paths.raw, paths.direct, paths.gateway)
         for n, requests_n in single.items():

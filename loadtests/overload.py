@@ -1,5 +1,11 @@
 """Overload: what clients get at 2x and 5x the sustainable load, with and without admission control.
 
+``--workload mixed`` makes one request in five carry long passages (300-1,000 words each, about ten
+times the tokens of the short ones): the case where a budget of passages alone admits seconds of work,
+and the gateway's budget of tokens in flight matters. ``--modes`` picks the gateway's admission per run:
+``on`` (both budgets, the default), ``passages`` (the passage budget alone), ``off``. The gateway's score
+cache is off in every run: the payloads repeat, and the cache would answer them without the engine.
+
 Arrivals are open loop (Poisson at a fixed rate): real clients do not wait for each other's answers,
 so a closed-loop tool (Locust's users) would slow down with the server and hide the queue. First the
 sustainable load is measured closed loop (``--clients`` callers back to back); then each phase
@@ -36,9 +42,13 @@ class Outcome:
     latency_s: float
 
 
+#: The gateway's flags for each admission mode.
+MODES = {"on": [], "passages": ["--admission-tokens", str(10**12)], "off": ["--no-admission"]}
+
+
 @dataclass
 class PhaseReport:
-    admission: bool
+    admission: str  # a key of MODES
     factor: float
     offered_rps: float
     requests: int
@@ -53,10 +63,16 @@ class PhaseReport:
     goodput_pairs_s: float
 
 
-def body(passages: int, seed: int) -> dict:
+def body(passages: int, seed: int, long: bool = False) -> dict:
     rng = random.Random(seed)
+    words = (300, 1000) if long else (20, 60)
     return {"query": {"text": random_text(rng, 10, ("en",))},
-            "passages": [{"text": random_text(rng, rng.randint(20, 60), ("en",))} for _ in range(passages)]}
+            "passages": [{"text": random_text(rng, rng.randint(*words), ("en",))} for _ in range(passages)]}
+
+
+def payloads_for(workload: str, passages: int, seed: int) -> list[dict]:
+    """32 request bodies: all short, or (mixed) every fifth one long."""
+    return [body(passages, seed + i, long=workload == "mixed" and i % 5 == 4) for i in range(32)]
 
 
 async def _post(session: aiohttp.ClientSession, url: str, payload: dict) -> Outcome:
@@ -111,7 +127,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return percentiles(values) if values else {"p50": float("nan"), "p99": float("nan")}
 
 
-def summarize(admission: bool, factor: float, rate: float, outcomes: list[Outcome], wall_s: float,
+def summarize(admission: str, factor: float, rate: float, outcomes: list[Outcome], wall_s: float,
               passages: int) -> PhaseReport:
     ok = [o.latency_s for o in outcomes if o.status == 200]
     rejected = [o.latency_s for o in outcomes if o.status == 503]
@@ -129,7 +145,7 @@ def table(reports: list[PhaseReport], capacity_rps: float, passages: int) -> str
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         share = r.rejected_503 / r.requests if r.requests else 0.0
-        lines.append(f"| {'on' if r.admission else 'off'} | {r.factor:g}x | {r.offered_rps:.2f} | {r.requests} | "
+        lines.append(f"| {r.admission} | {r.factor:g}x | {r.offered_rps:.2f} | {r.requests} | "
                      f"{r.ok} | {r.rejected_503} ({share:.0%}) | {r.other_failures} | "
                      f"{r.p50_all_s:.2f} / {r.p99_all_s:.2f} s | {r.p50_ok_s:.2f} / {r.p99_ok_s:.2f} s | "
                      f"{r.p99_rejected_s * 1000:.0f} ms | {r.goodput_pairs_s:.0f} |")
@@ -137,14 +153,14 @@ def table(reports: list[PhaseReport], capacity_rps: float, passages: int) -> str
 
 
 def run(repository: Path, passages: int, factors: list[float], phase_s: float, clients: int,
-        capacity_s: float, log_dir: Path, seed: int = 0) -> tuple[float, list[PhaseReport]]:
-    payloads = [body(passages, seed + i) for i in range(32)]
+        capacity_s: float, log_dir: Path, seed: int = 0, workload: str = "short",
+        modes: tuple[str, ...] = ("on", "off")) -> tuple[float, list[PhaseReport]]:
+    payloads = payloads_for(workload, passages, seed)
     reports: list[PhaseReport] = []
     capacity_rps = 0.0
-    for admission in (True, False):
-        extra = [] if admission else ["--no-admission"]
-        with ServingStack(repository, log_dir=log_dir / ("admission" if admission else "no-admission"),
-                          gateway_args=["--no-access-log", *extra]) as stack:
+    for admission in modes:
+        with ServingStack(repository, log_dir=log_dir / f"admission-{admission}",
+                          gateway_args=["--no-access-log", "--no-cache", *MODES[admission]]) as stack:
             url = stack.rest_url + "/v1/ranking"
             asyncio.run(capacity(url, payloads, clients, 3.0))  # warm-up
             if not capacity_rps:
@@ -169,12 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=4, help="closed-loop callers when measuring the sustainable load")
     p.add_argument("--capacity-s", type=float, default=15.0)
     p.add_argument("--out", type=Path, default=Path("build/reports/overload"))
+    p.add_argument("--workload", choices=["short", "mixed"], default="short",
+                   help="mixed: every fifth request carries long passages (300-1,000 words)")
+    p.add_argument("--modes", default="on,off", help=f"admission per run, of {', '.join(MODES)}")
     args = p.parse_args(argv)
+    modes = tuple(args.modes.split(","))
+    if set(modes) - set(MODES):
+        p.error(f"--modes takes {', '.join(MODES)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     capacity_rps, reports = run(args.repository, args.passages, [float(f) for f in args.factors.split(",")],
-                                args.phase_s, args.clients, args.capacity_s, args.out / "logs")
-    text = f"## Overload, {args.label}\n\n" + table(reports, capacity_rps, args.passages) + "\n"
+                                args.phase_s, args.clients, args.capacity_s, args.out / "logs",
+                                workload=args.workload, modes=modes)
+    text = f"## Overload, {args.label} ({args.workload} workload)\n\n" + table(reports, capacity_rps, args.passages) + "\n"
     (args.out / f"overload-{args.label}.md").write_text(text)
     (args.out / f"overload-{args.label}.json").write_text(json.dumps(
         {"capacity_rps": capacity_rps, "passages": args.passages, "phases": [asdict(r) for r in reports]}, indent=2))

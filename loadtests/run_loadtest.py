@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if not server_ready(grpc_url):
             from rerank_serving.stack import ServingStack
 
-            server = stack.enter_context(ServingStack(args.repository, log_dir=out, gateway_args=["--no-access-log"]))
+            server = stack.enter_context(ServingStack(args.repository, log_dir=out, gateway_args=["--no-access-log", "--no-cache"]))
             grpc_url, http_url, gateway_url = server.grpc_url, server.triton_http_url, server.rest_url
         cmd = [
             str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless",

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     prefix = out / "locust"
     log = MemoryLog()
-    with ServingStack(args.repository, log_dir=out, gateway_args=["--no-access-log"]) as stack:
+    with ServingStack(args.repository, log_dir=out, gateway_args=["--no-access-log", "--no-cache"]) as stack:
         stop = threading.Event()
         started = time.monotonic()
 

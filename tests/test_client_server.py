@@ -77,9 +77,12 @@ def test_async_rerank(server, protocol):
 
 def test_limits_are_read_from_the_server(server):
     with RerankClient(server.grpc_url) as client:
-        assert client.limits == ServerLimits(TEST_LIMITS["max_rows"], TEST_LIMITS["max_request_tokens"], 8192,
-                                             (64, 128, 256, 512, 1024, 2048, 4096, 8192),
-                                             TEST_LIMITS["max_request_bytes"], TEST_LIMITS["admission_passages"])
+        limits = client.limits
+    fingerprint = limits.model_fingerprint
+    assert limits == ServerLimits(TEST_LIMITS["max_rows"], TEST_LIMITS["max_request_tokens"], 8192,
+                                  (64, 128, 256, 512, 1024, 2048, 4096, 8192),
+                                  TEST_LIMITS["max_request_bytes"], TEST_LIMITS["admission_passages"], fingerprint)
+    assert fingerprint and len(fingerprint) == 32 and int(fingerprint, 16) >= 0, "the served model's identity"
 
 
 @pytest.fixture(scope="module")

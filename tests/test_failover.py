@@ -49,7 +49,7 @@ def test_one_replica_killed_under_load(tiny_repository, server, artifacts):
     # and both replicas reported their HTTP server on the same port).
     ports = free_ports(12)
     stack = ServingStack(tiny_repository, Ports(*ports[:4]), log_dir=artifacts / "failover",
-                         gateway_args=["--no-access-log"], replicas=2,
+                         gateway_args=["--no-access-log", "--no-cache"], replicas=2,  # REST reaches Triton
                          replica_port_list=[Ports(*ports[4:8]), Ports(*ports[8:12])])
     outcomes: dict[str, Counter] = {"rest": Counter(), "client": Counter()}
     wrong: list[str] = []

@@ -10,6 +10,7 @@ right answers after the recovery, and that no answer was ever wrong.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import requests
@@ -50,7 +52,10 @@ def stack(tiny_repository, tmp_path_factory, server):
     """One served stack for every scenario (the watchdog's restart budget allows them all)."""
     tmp = tmp_path_factory.mktemp("faults")
     ports = free_stack_ports()
-    proc = start_serve(tiny_repository, ports, tmp)
+    # The REST flow repeats one request: with the score cache on, the gateway would answer it without
+    # Triton, and the flow would not test riding through a restart. (serve's gateway reads the environment.)
+    with mock.patch.dict(os.environ, {"RERANK_GATEWAY_CACHE": "off"}):
+        proc = start_serve(tiny_repository, ports, tmp)
     logits, _ = ensemble_answer(server, QUERY, PASSAGES)  # the truth, from the session's own server
     try:
         yield proc, ports, tmp / "serve.log", expected_order(logits)

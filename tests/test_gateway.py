@@ -6,11 +6,13 @@ over gRPC for the same texts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -70,10 +72,14 @@ def test_ranking_splits_many_passages_over_several_triton_requests(server, gatew
 
 
 def test_truncate_none_end_and_nims_message(gateway):
+    """NIM (since 1.9.1) answers an over-long pair under truncate NONE with 422 and this message, on both
+    of its routes; the other APIs keep 400."""
     for truncate in (None, "NONE"):
-        body = assert_error(post(gateway, "/v1/ranking", nim(["short", LONG], truncate=truncate)), 400,
+        body = assert_error(post(gateway, "/v1/ranking", nim(["short", LONG], truncate=truncate)), 422,
                             "exceeds maximum allowed token size 8192")
-        assert body["message"].startswith("Input length ")
+        assert body["message"].startswith("Input length ") and body["type"] == "invalid_request_error"
+    assert_error(post(gateway, "/v1/retrieval/nvidia/llama-3.2-nv-rerankqa-1b-v2/reranking", nim(["short", LONG])),
+                 422, "exceeds maximum allowed token size 8192")
     answer = post(gateway, "/v1/ranking", nim(["short", LONG], truncate="END")).json()
     assert len(answer["rankings"]) == 2
     assert answer["usage"]["total_tokens"] < 8192 + 20
@@ -124,7 +130,7 @@ def test_bad_requests_do_not_disturb_good_ones(server, gateway):
     with ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(one, range(40)))
     assert outcomes[0::2] == [expected_order(logits)] * 20
-    assert set(outcomes[1::2]) == {400}
+    assert set(outcomes[1::2]) == {400, 422}  # 422: the over-long pair (NIM's status for it)
 
 
 # --- NIM's hosted route ----------------------------------------------------------------------------
@@ -290,31 +296,65 @@ def test_admission_and_the_deadline_against_a_triton_that_never_answers(artifact
     holds the budget until the gateway's deadline: the next request is told at once to retry (503,
     Retry-After); the held one ends at the deadline with a 504; then a request larger than the whole
     budget is admitted alone (and meets the deadline too)."""
-    from rerank_serving.server import free_ports
-    from rerank_serving.stack import GatewayProcess
-    from silent import SilentServer
     from threads import Worker
 
-    def in_flight(gw) -> float:
-        return metric_samples(gw)["rerank_gateway_passages_in_flight"]
-
-    with SilentServer() as silent, GatewayProcess(silent.url, port=free_ports(1)[0], log_path=artifacts / "gateway-silent.log",
-                                                  extra_args=["--admission-passages", "8", "--timeout-s", "1"]) as gw:
+    with silent_gateway(artifacts, "silent", "--admission-passages", "8", "--timeout-s", "1") as gw:
         held = Worker(post, gw, "/v1/ranking", nim(["p"] * 8), name="held")
         held.start()
-        deadline = time.monotonic() + 30
-        while in_flight(gw) < 8 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert in_flight(gw) == 8, "the first request was never admitted"
+        wait_for_metric(gw, "rerank_gateway_passages_in_flight", 8)
+        assert metric_samples(gw)["rerank_gateway_passages_in_flight"] == 8, "the first request was never admitted"
         refused = post(gw, "/v1/ranking", nim(["q"]))
         assert_error(refused, 503, "8 passages are in flight here, the budget is 8 (max_passages_in_flight)")
         assert int(refused.headers["Retry-After"]) >= 1
         assert_error(held.check(30), 504, "did not answer in time")
         samples = metric_samples(gw)
-        assert samples["rerank_gateway_admission_rejected_total"] == 1
+        assert samples['rerank_gateway_admission_rejected_total{budget="passages"}'] == 1
         assert samples["rerank_gateway_passages_in_flight"] == 0
         assert_error(post(gw, "/v1/ranking", nim(["p"] * 24)), 504, "did not answer in time")  # admitted: not 503
-        assert metric_samples(gw)["rerank_gateway_admission_rejected_total"] == 1
+        assert metric_samples(gw)['rerank_gateway_admission_rejected_total{budget="passages"}'] == 1
+
+
+def test_admission_by_tokens_against_a_triton_that_never_answers(artifacts):
+    """A budget of 100 passages and 2,000 tokens. One request of two long passages (about 2,700 estimated
+    tokens: over the whole token budget, so charged all of it) is admitted and held by a Triton that
+    never answers; a request of one short passage, well within the passage budget, is refused at once
+    for tokens (503, Retry-After), and counted under budget="tokens"."""
+    from threads import Worker
+
+    with silent_gateway(artifacts, "tokens", "--admission-passages", "100", "--admission-tokens", "2000",
+                        "--timeout-s", "2") as gw:
+        held = Worker(post, gw, "/v1/ranking", nim(["word " * 800] * 2), name="held")
+        held.start()
+        wait_for_metric(gw, "rerank_gateway_tokens_in_flight", 2000)
+        samples = metric_samples(gw)
+        assert samples["rerank_gateway_passages_in_flight"] == 2, "the long request was never admitted"
+        assert samples["rerank_gateway_tokens_in_flight"] > 2000, "its estimated tokens, over the budget"
+        refused = post(gw, "/v1/ranking", nim(["a short passage"]))
+        assert_error(refused, 503, "2000 tokens are in flight here, the budget is 2000 (admission_tokens)")
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert_error(held.check(30), 504, "did not answer in time")
+        samples = metric_samples(gw)
+        assert samples['rerank_gateway_admission_rejected_total{budget="tokens"}'] == 1
+        assert samples.get('rerank_gateway_admission_rejected_total{budget="passages"}', 0) == 0
+        assert samples["rerank_gateway_tokens_in_flight"] == 0
+
+
+@contextlib.contextmanager
+def silent_gateway(artifacts, name: str, *args: str) -> Iterator:
+    """A gateway (with ``args``) in front of a Triton that accepts and never answers: controlled slowness."""
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
+    from silent import SilentServer
+
+    with SilentServer() as silent, GatewayProcess(silent.url, port=free_ports(1)[0],
+                                                  log_path=artifacts / f"gateway-{name}.log", extra_args=list(args)) as gw:
+        yield gw
+
+
+def wait_for_metric(gw, name: str, at_least: float, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while metric_samples(gw)[name] < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def metric_samples(gw) -> dict[str, float]:

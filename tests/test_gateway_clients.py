@@ -93,7 +93,7 @@ def test_langchain_shows_our_error_message(gateway):
     from langchain_nvidia_ai_endpoints import NVIDIARerank
 
     reranker = NVIDIARerank(base_url=gateway.url + "/v1", model=MODEL, truncate="NONE")
-    with pytest.raises(Exception, match=r"\[400\] Input length \d+ exceeds maximum allowed token size 8192"):
+    with pytest.raises(Exception, match=r"\[422\] Input length \d+ exceeds maximum allowed token size 8192"):
         reranker.compress_documents([Document(page_content="word " * 9000)], "q")
 
 

@@ -71,7 +71,7 @@ def test_validation_errors_read_like_nims():
               {"type": "missing", "loc": ("body", "query")},
               {"type": "string_type", "loc": ("body", "passages", 0, "text"), "msg": "Input should be a valid string"}]
     assert describe_validation_errors(errors, RankingRequest) == [
-        "top_k: unknown field, expected one of model, query, passages, truncate, chunk_overlap",
+        "top_k: unknown field, expected one of model, query, passages, truncate, chunk_overlap, errors",
         "title: unknown field, expected one of text",
         "query: field required",
         "passages[0].text: Input should be a valid string",
@@ -121,12 +121,33 @@ def test_admission_budget_of_passages_in_flight():
     assert gate.in_flight == 0
     # Larger than the whole budget: charged the budget, so it runs alone rather than never.
     big = gate.acquire(50)
-    assert big == 10
+    assert big == (10, 0)
     with pytest.raises(Overloaded):
         gate.acquire(1)
     gate.release(big, 50)
     with pytest.raises(ValueError, match="at least 1"):
         Admission(0)
+
+
+def test_admission_budget_of_tokens_in_flight():
+    """Few passages, many tokens: the token budget refuses what the passage budget would admit."""
+    gate = Admission(100, token_budget=1000)
+    first = gate.acquire(2, 900)
+    with pytest.raises(Overloaded) as refused:
+        gate.acquire(1, 200)
+    assert (refused.value.unit, refused.value.in_flight, refused.value.budget) == ("tokens", 900, 1000)
+    second = gate.acquire(1, 100)  # fits exactly
+    gate.release(first, 2)
+    gate.release(second, 1)
+    assert (gate.in_flight, gate.tokens_in_flight) == (0, 0)
+    big = gate.acquire(1, 50_000)  # larger than the whole budget: charged the budget, runs alone
+    assert big == (1, 1000)
+    with pytest.raises(Overloaded, match="tokens in flight"):
+        gate.acquire(1, 1)
+    gate.release(big, 1)
+    assert Admission(10).acquire(1, 10**9) == (1, 0), "no token budget: tokens are not counted"
+    with pytest.raises(ValueError, match="at least 1"):
+        Admission(10, token_budget=0)
 
 
 def test_retry_after_follows_the_recent_rate(monkeypatch):
@@ -150,6 +171,17 @@ def test_admission_settings():
     assert GatewaySettings.from_env({"RERANK_GATEWAY_ADMISSION_PASSAGES": "64"}).admission_passages == 64
     with pytest.raises(ValueError, match="admission_passages must not be negative"):
         GatewaySettings(admission_passages=-1)
+    assert GatewaySettings.from_env({"RERANK_GATEWAY_ADMISSION_TOKENS": "5000"}).admission_tokens == 5000
+    with pytest.raises(ValueError, match="admission_tokens must not be negative"):
+        GatewaySettings(admission_tokens=-1)
+
+
+def test_cache_settings():
+    assert GatewaySettings().cache is True and GatewaySettings().cache_bytes == 32 * 1024 * 1024
+    assert GatewaySettings.from_env({"RERANK_GATEWAY_CACHE": "off"}).cache is False
+    assert GatewaySettings.from_env({"RERANK_GATEWAY_CACHE_BYTES": "4096"}).cache_bytes == 4096
+    with pytest.raises(ValueError, match="cache_bytes must be at least 1024"):
+        GatewaySettings(cache_bytes=10)
 
 
 def test_an_unexpected_error_tells_the_client_an_id_and_logs_the_details(caplog):

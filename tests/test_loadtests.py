@@ -196,9 +196,11 @@ def test_soak_three_minutes(tiny_repository, tmp_path):
 @pytest.mark.slow
 def test_overload_quick_run(tiny_repository, tmp_path):
     assert overload.main(["--repository", str(tiny_repository), "--label", "tiny", "--factors", "3",
-                          "--phase-s", "3", "--capacity-s", "3", "--out", str(tmp_path)]) == 0
+                          "--phase-s", "3", "--capacity-s", "3", "--out", str(tmp_path), "--workload", "mixed",
+                          "--modes", "on,passages,off"]) == 0
     report = (tmp_path / "overload-tiny.md").read_text()
-    assert "| on | 3x |" in report and "| off | 3x |" in report and "Sustainable load" in report
+    assert "| on | 3x |" in report and "| passages | 3x |" in report and "| off | 3x |" in report
+    assert "Sustainable load" in report and "(mixed workload)" in report
     assert sane(numbers(re.search(r"Sustainable load: ([\d.]+) requests/s", report).group(1))[0])
     rows = {row["admission"]: row for table in tables(report) for row in table if "admission" in row}
     for mode, row in rows.items():  # every request accounted for, some answered, nothing else failed

@@ -187,3 +187,24 @@ def test_limit_flags_take_the_published_names_and_the_old_spellings(caplog):
         "--max-rows is deprecated: use --max-rows-per-request",
         "--max-request-tokens is deprecated: use --max-tokens-per-request",
         "--max-request-bytes is deprecated: use --max-bytes-per-request"]
+
+
+def test_the_fingerprint_names_every_served_file(tiny_repository, tmp_path):
+    """The ensemble publishes a digest of the composing models' files: one changed byte in any of them
+    (weights, tokenizer, configs) is another model identity, for the gateway's score cache."""
+    import shutil
+
+    from rerank_build.repository import served_fingerprint
+
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny_repository, copy, symlinks=False)
+    published = re.search(r'key: "model_fingerprint" value: \{ string_value: "([0-9a-f]{32})" \}',
+                          next(p for p in copy.glob("*/config.pbtxt") if "model_fingerprint" in p.read_text()).read_text())
+    assert published and published.group(1) == served_fingerprint(copy) == served_fingerprint(tiny_repository)
+    for changed in ("tokenizer/1/tokenizer.json", "engine/1/model.onnx", "postprocess/config.pbtxt"):
+        path = copy / changed
+        original = path.read_bytes()
+        path.write_bytes(original + b" ")
+        assert served_fingerprint(copy) != published.group(1), changed
+        path.write_bytes(original)
+    assert served_fingerprint(copy) == published.group(1)

@@ -329,6 +329,29 @@ def _templates_digest() -> str:
     return digest.hexdigest()
 
 
+def served_fingerprint(repository: Path) -> str:
+    """A digest of every file of the composing models (tokenizer, engine, postprocess), their configs included.
+
+    It names what answers a request: the weights (or the engine plan), the tokenizer files, the template
+    and limits (the ``rerank_contract`` copy and the configs) and the runtime settings that change a logit
+    (precision, engine). A cache keyed on it (the REST gateway's score cache) can never answer for one
+    checkpoint with another's score. The ensemble's own config is written after, carrying it.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for model in ("tokenizer", "engine", "postprocess"):
+        for path in sorted((repository / model).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(repository).as_posix().encode() + b"\0")
+                content = hashlib.sha256()  # per file, so that no two file lists hash the same stream
+                with path.open("rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        content.update(block)
+                digest.update(content.digest())
+    return digest.hexdigest()[:32]
+
+
 def is_current(out: Path, signature: dict) -> bool:
     """True when ``out`` was written from the same sources and settings (``--reuse``)."""
     marker = out / MARKER
@@ -405,6 +428,7 @@ def build_repository(
             compile_strategy(engine_dir.parent)
 
         copy_contract(_write_model(out, "postprocess", "postprocess", values))  # its ranking-order rule
+        values["model_fingerprint"] = served_fingerprint(out)
         _write_model(out, settings.ensemble_name, "ensemble", values)
         (out / MARKER).write_text(json.dumps({"signature": signature}, indent=2))
     except BaseException:

@@ -7,7 +7,7 @@
 """
 
 from .aio import AsyncRerankClient
-from .core import RerankResult, ServerLimits
+from .core import PassageError, RerankResult, ServerLimits
 from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, RerankError, ServerUnavailableError,
 )
@@ -17,5 +17,5 @@ from .tensors import DEFAULT_ENSEMBLE_NAME
 
 __all__ = [
     "AsyncRerankClient", "ClientClosedError", "DEFAULT_ENSEMBLE_NAME", "DeadlineExceededError", "InputTooLongError", "InvalidInputError",
-    "RerankClient", "RerankError", "RerankResult", "ServerLimits", "ServerUnavailableError", "to_cohere", "to_nim",
+    "PassageError", "RerankClient", "RerankError", "RerankResult", "ServerLimits", "ServerUnavailableError", "to_cohere", "to_nim",
 ]

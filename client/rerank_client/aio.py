@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
-from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
+from .core import (
+    ClientBase, PassageError, RerankResult, Retrying, ServerLimits, assemble, bisect_for, parse_errors, passage_error,
+)
+from .errors import (
+    ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
+)
 from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
 
 T = TypeVar("T")
@@ -84,37 +89,51 @@ class AsyncRerankClient(ClientBase):
         raise ServerUnavailableError(f"server at {self.settings.url} not ready after {timeout_s:.0f}s"
                                      + (f": {last}" if last else ""))
 
-    async def limits(self) -> ServerLimits:
-        """The server's published limits, read once (within the client's ``timeout_s``)."""
+    @property
+    def known_limits(self) -> ServerLimits | None:
+        """The limits read so far, without asking the server (None before the first read)."""
+        return self._limits
+
+    async def limits(self, refresh: bool = False) -> ServerLimits:
+        """The server's published limits, read once (within the client's ``timeout_s``); ``refresh``
+        reads them again (a server restarted with another model publishes other limits and identity)."""
+        if refresh:
+            config = await self._with_retry(self._read_config, time.monotonic() + self.settings.timeout_s)
+            self._limits = ServerLimits.from_config(config)
+            return self._limits
         return await self._read_limits(time.monotonic() + self.settings.timeout_s)
+
+    async def _read_config(self, client: Any, left: float) -> Any:
+        if self.settings.protocol == "grpc":
+            return await client.get_model_config(self.settings.model, headers=self.settings.headers,
+                                                 as_json=True, client_timeout=left)
+        return await client.get_model_config(self.settings.model, headers=self.settings.headers)
 
     async def _read_limits(self, deadline: float) -> ServerLimits:
         if self._limits is None:
-            async def read(client: Any, left: float) -> Any:
-                if self.settings.protocol == "grpc":
-                    return await client.get_model_config(self.settings.model, headers=self.settings.headers,
-                                                         as_json=True, client_timeout=left)
-                return await client.get_model_config(self.settings.model, headers=self.settings.headers)
-
-            config = await self._with_retry(read, deadline)
+            config = await self._with_retry(self._read_config, deadline)
             self._limits = ServerLimits.from_config(config)
         return self._limits
 
     async def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None,
                      truncate: str | None = None, return_text: bool = False,
-                     timeout_s: float | None = None, chunk_overlap: int | None = None) -> list[RerankResult]:
+                     timeout_s: float | None = None, chunk_overlap: int | None = None, errors: str | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
         or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared).
-        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included."""
+        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included.
+        ``errors="per_passage"``: a pair too long for ``truncate=NONE`` fails only its passage, which comes
+        after the scored ones with ``error`` set (:class:`PassageError`); default ``raise``: the call fails."""
+        per_passage = parse_errors(errors)
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
             self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
         budget = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + budget
         mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, await self._read_limits(deadline))
+        mode = replace(mode, per_passage=per_passage)
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
-        async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:
+        async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult | PassageError]]:
             async with semaphore:
                 return await self._send_chunk(query, passages, chunk, mode, deadline)
 
@@ -126,16 +145,17 @@ class AsyncRerankClient(ClientBase):
         finally:
             for task in tasks:
                 task.cancel()
-        pairs = [pair for part in parts for pair in part]
-        return merge([c for c, _ in pairs], [r for _, r in pairs], passages, top_n, return_text)
+        return assemble([pair for part in parts for pair in part], passages, top_n, return_text)
 
     async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
-                          deadline: float) -> list[tuple[list[int], RawResult]]:
+                          deadline: float) -> list[tuple[list[int], RawResult | PassageError]]:
         texts = [passages[i] for i in chunk]
         try:
             result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t), deadline)
         except InvalidInputError as err:
-            if len(chunk) > 1 and is_too_large(err):
+            if truncate.per_passage and len(chunk) == 1 and isinstance(err, InputTooLongError):
+                return [(chunk, passage_error(err))]
+            if bisect_for(err, len(chunk), truncate.per_passage):
                 half = len(chunk) // 2
                 return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline)
                         + await self._send_chunk(query, passages, chunk[half:], truncate, deadline))

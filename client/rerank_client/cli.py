@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--truncate", choices=["NONE", "END", "CHUNK"], default="NONE",
                         help="CHUNK: score every window of a long passage, keep the best (our extension)")
     parser.add_argument("--chunk-overlap", type=int, help="with CHUNK: tokens shared by consecutive windows")
+    parser.add_argument("--errors", choices=["raise", "per_passage"], default="raise",
+                        help="per_passage: a passage too long for truncate NONE is reported in its ranking, "
+                             "the others are scored (our extension)")
     parser.add_argument("--format", choices=["nim", "cohere"], default="nim")
     parser.add_argument("--return-text", action="store_true", help="include each passage's text")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole call")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RerankClient(args.url, args.protocol, model=args.model, timeout_s=args.timeout, headers=headers) as client:
             results = client.rerank(args.query, passages, top_n=args.top_n, truncate=args.truncate,
-                                    return_text=args.return_text, chunk_overlap=args.chunk_overlap)
+                                    return_text=args.return_text, chunk_overlap=args.chunk_overlap,
+                                    errors=args.errors)
     except RerankError as exc:
         print(f"rerank-client: {type(exc).__name__}: {exc.message}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ from rerank_contract.ranking import ranking_order
 from rerank_contract.limits import DEFAULTS as DEFAULT_LIMITS, config_parameters, published_limits
 
 from .connection import ConnectionSettings
-from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, RerankError, classify
+from .errors import (
+    ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, RerankError, classify,
+)
 from .tensors import RawResult, Truncation
 
 #: Template + BOS overhead in tokens ("question:" ... " \n \n passage:").
@@ -43,13 +46,16 @@ class ServerLimits:
     buckets: tuple[int, ...] | None = None
     max_bytes: int | None = None  # text bytes per request, every row's query and passage
     max_in_flight: int | None = None  # admission budget in passages (the REST gateway enforces it)
+    model_fingerprint: str | None = None  # identity of the served model (None: a server that publishes none)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
         """From a model config as JSON (tritonclient's ``get_model_config`` as a dict), with the parser
         the tokenizer model uses (:func:`rerank_contract.limits.published_limits`)."""
-        in_flight = config_parameters(config).get(names.MAX_PASSAGES_IN_FLIGHT)
-        return cls(**published_limits(config), max_in_flight=int(in_flight) if in_flight else None)
+        params = config_parameters(config)
+        in_flight = params.get(names.MAX_PASSAGES_IN_FLIGHT)
+        return cls(**published_limits(config), max_in_flight=int(in_flight) if in_flight else None,
+                   model_fingerprint=params.get(names.MODEL_FINGERPRINT) or None)
 
     def padded(self, length: int) -> int:
         return rp.choose_bucket(length, self.buckets) if self.buckets else length
@@ -202,8 +208,22 @@ class Retrying:
 
 
 @dataclass(frozen=True)
+class PassageError:
+    """Why one passage was not scored (``errors="per_passage"``): ``code`` ``too_long``, the server's
+    message, and the pair's length in tokens (BOS and template included)."""
+
+    code: str
+    message: str
+    token_count: int | None = None
+
+
+@dataclass(frozen=True)
 class RerankResult:
-    """One passage's result: ``index`` into the caller's list, raw ``logit``, its sigmoid in fp32."""
+    """One passage's result: ``index`` into the caller's list, raw ``logit``, its sigmoid in fp32.
+
+    With ``errors="per_passage"`` a passage that could not be scored comes after every scored one,
+    with ``error`` set and ``logit`` / ``relevance_score`` NaN (never a number that could pass for a score).
+    """
 
     index: int
     logit: float
@@ -211,6 +231,43 @@ class RerankResult:
     token_count: int
     text: str | None = None
     chunks: int = 1  # windows scored (truncate=CHUNK on a passage longer than the limit)
+    error: PassageError | None = None
+
+
+#: ``errors``: ``raise`` (NIM's contract: one over-long pair fails the call) or ``per_passage`` (our
+#: extension: it comes back as that passage's error, every other passage scored).
+ERROR_MODES = ("raise", "per_passage")
+_TOO_LONG = re.compile(r"Input length (\d+) exceeds maximum allowed token size")
+
+
+def parse_errors(errors: str | None) -> bool:
+    """True for per-passage errors; InvalidInputError naming the choices for anything unknown."""
+    if errors is None or errors == "raise":
+        return False
+    if errors == "per_passage":
+        return True
+    raise InvalidInputError(f"errors must be one of {', '.join(ERROR_MODES)}, got {errors!r}", "client")
+
+
+def passage_error(error: InputTooLongError) -> PassageError:
+    """The server's refusal of one over-long pair as that passage's error."""
+    found = _TOO_LONG.search(error.message)
+    return PassageError("too_long", error.message, int(found.group(1)) if found else None)
+
+
+def bisect_for(error: InvalidInputError, rows: int, per_passage: bool) -> bool:
+    """Whether a refused request is split in half and sent again: it was too large for the server's
+    limits, or (per-passage errors) one of its pairs is too long, which halving isolates. Only the
+    tokenizer sees a refused request: halving costs no engine time."""
+    return rows > 1 and (is_too_large(error) or (per_passage and isinstance(error, InputTooLongError)))
+
+
+def with_errors(results: list[RerankResult], errors: Sequence[tuple[int, PassageError]], passages: Sequence[str],
+                return_text: bool) -> list[RerankResult]:
+    """The scored results, then each unscored passage (by index) with its error."""
+    nan = float("nan")
+    return results + [RerankResult(i, nan, nan, e.token_count or 0, passages[i] if return_text else None, 0, e)
+                      for i, e in sorted(errors, key=lambda pair: pair[0])]
 
 
 def sigmoid32(logits: np.ndarray) -> np.ndarray:
@@ -243,6 +300,16 @@ def merge(chunks: Sequence[Sequence[int]], results: Sequence[RawResult], passage
                      passages[int(index[o])] if return_text else None, int(windows[o]))
         for o, s in zip(order, scores)
     ]
+
+
+def assemble(pairs: Sequence[tuple[Sequence[int], "RawResult | PassageError"]], passages: Sequence[str],
+             top_n: int | None, return_text: bool) -> list[RerankResult]:
+    """Every request's answer (a result, or under per-passage errors one passage's error) as the call's
+    results: the scored passages ranked and cut to ``top_n``, then the unscored ones."""
+    scored = [(c, r) for c, r in pairs if not isinstance(r, PassageError)]
+    failed = [(c[0], r) for c, r in pairs if isinstance(r, PassageError)]
+    ranked = merge([c for c, _ in scored], [r for _, r in scored], passages, top_n, return_text)  # type: ignore[misc]
+    return with_errors(ranked, failed, passages, return_text)
 
 
 def check_arguments(query: str, passages: Sequence[str], top_n: int | None) -> None:

@@ -12,6 +12,10 @@ def to_nim(results: Sequence[RerankResult], usage: bool = True, chunks: bool = F
     ranking also carries its windows, as the gateway answers ``truncate=CHUNK``)."""
     rankings = []
     for r in results:
+        if r.error is not None:  # errors="per_passage": the gateway's shape for an unscored passage
+            error = {"code": r.error.code, "message": r.error.message, "token_count": r.error.token_count}
+            rankings.append({"index": r.index, "error": error})
+            continue
         item: dict[str, Any] = {"index": r.index, "logit": r.logit}
         if chunks:
             item["chunks"] = r.chunks
@@ -20,7 +24,7 @@ def to_nim(results: Sequence[RerankResult], usage: bool = True, chunks: bool = F
         rankings.append(item)
     out: dict[str, Any] = {"rankings": rankings}
     if usage:
-        tokens = sum(r.token_count for r in results)
+        tokens = sum(r.token_count for r in results if r.error is None)
         out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
     return out
 
@@ -29,6 +33,8 @@ def to_cohere(results: Sequence[RerankResult]) -> dict[str, Any]:
     """Cohere/Jina (LiteLLM, LangChain): ``{"results": [{"index", "relevance_score", "document"}]}``."""
     items = []
     for r in results:
+        if r.error is not None:  # Cohere's shape has no place for it; the NIM shape carries it
+            continue
         item: dict[str, Any] = {"index": r.index, "relevance_score": r.relevance_score}
         if r.text is not None:
             item["document"] = {"text": r.text}

@@ -25,11 +25,15 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence, TypeVar
 
-from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
-from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
+from .core import (
+    ClientBase, PassageError, RerankResult, Retrying, ServerLimits, assemble, bisect_for, parse_errors, passage_error,
+)
+from .errors import (
+    ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
+)
 from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
 
 T = TypeVar("T")
@@ -243,20 +247,23 @@ class RerankClient(ClientBase):
     # -- reranking ---------------------------------------------------------------------------------
     def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None, truncate: str | None = None,
                return_text: bool = False, timeout_s: float | None = None,
-               chunk_overlap: int | None = None) -> list[RerankResult]:
+               chunk_overlap: int | None = None, errors: str | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
         or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared).
-        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included."""
+        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included.
+        ``errors="per_passage"``: a pair too long for ``truncate=NONE`` fails only its passage, which comes
+        after the scored ones with ``error`` set (:class:`PassageError`); default ``raise``: the call fails."""
+        per_passage = parse_errors(errors)
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
             self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.settings.timeout_s)
         mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, self._read_limits(deadline))
-        results = self._send_all(query, passages, chunks, mode, deadline)
-        return merge([c for c, _ in results], [r for _, r in results], passages, top_n, return_text)
+        mode = replace(mode, per_passage=per_passage)
+        return assemble(self._send_all(query, passages, chunks, mode, deadline), passages, top_n, return_text)
 
     def _send_all(self, query: str, passages: Sequence[str], chunks: list[list[int]], truncate: Truncation,
-                  deadline: float) -> list[tuple[list[int], RawResult]]:
+                  deadline: float) -> list[tuple[list[int], RawResult | PassageError]]:
         if len(chunks) == 1:
             return self._on_worker(self._send_chunk, deadline, query, passages, chunks[0], truncate, deadline)
         pool = self._executor()
@@ -267,13 +274,15 @@ class RerankClient(ClientBase):
         return [pair for part in self._wait(futures, deadline) for pair in part]
 
     def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
-                    deadline: float) -> list[tuple[list[int], RawResult]]:
+                    deadline: float) -> list[tuple[list[int], RawResult | PassageError]]:
         """One request; a request the server finds too large is split in half and sent again."""
         texts = [passages[i] for i in chunk]
         try:
             result = self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t), deadline)
         except InvalidInputError as err:
-            if len(chunk) > 1 and is_too_large(err):
+            if truncate.per_passage and len(chunk) == 1 and isinstance(err, InputTooLongError):
+                return [(chunk, passage_error(err))]
+            if bisect_for(err, len(chunk), truncate.per_passage):
                 half = len(chunk) // 2
                 return (self._send_chunk(query, passages, chunk[:half], truncate, deadline)
                         + self._send_chunk(query, passages, chunk[half:], truncate, deadline))

@@ -41,6 +41,7 @@ class Truncation:
 
     mode: "str | Truncate | None" = None
     chunk_overlap: int | None = None
+    per_passage: bool = False  # errors="per_passage": an over-long pair is its passage's error, not the call's
 
     @property
     def parsed(self) -> Truncate | None:

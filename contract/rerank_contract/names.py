@@ -44,6 +44,9 @@ MAX_SEQUENCE_LENGTH = "max_sequence_length"  # tokens per pair, BOS included
 MAX_BYTES_PER_REQUEST = "max_bytes_per_request"  # text bytes per Triton request, every row's query and passage
 LENGTH_BUCKETS = "length_buckets"  # lengths the tokenizer pads rows to
 MAX_PASSAGES_IN_FLIGHT = "max_passages_in_flight"  # admission budget: passages the engine can have in hand
+#: Not a limit: a digest of everything the repository serves (weights, tokenizer, template, engine settings),
+#: so a cache of scores (the REST gateway's) can tell one served model from another.
+MODEL_FINGERPRINT = "model_fingerprint"
 
 # Limits of the REST gateway (it splits a request over several Triton requests).
 MAX_PASSAGES_PER_REQUEST = "max_passages_per_request"  # passages per REST request

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 #: Seconds a client should wait after a 503 (the Cohere SDK honours it).
 RETRY_AFTER_S = 1
 _KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type",
+          405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type", 422: "invalid_request_error",
           500: "internal_error", 503: "service_unavailable", 504: "timeout"}
 
 

@@ -25,7 +25,16 @@ TOKENS = Counter("rerank_gateway_tokens_total", "Tokens scored (BOS and template
 ERRORS = Counter("rerank_gateway_errors_total", "Error answers, by kind (the error body's type)", ["kind"])
 PASSAGES_IN_FLIGHT = Gauge("rerank_gateway_passages_in_flight", "Passages admitted and not yet answered",
                            multiprocess_mode="livesum")
-REJECTED = Counter("rerank_gateway_admission_rejected_total", "Requests answered 503 at once: over the admission budget")
+REJECTED = Counter("rerank_gateway_admission_rejected_total",
+                   "Requests answered 503 at once: over the admission budget, by the budget that was full "
+                   "(passages or tokens)", ["budget"])
+TOKENS_IN_FLIGHT = Gauge("rerank_gateway_tokens_in_flight", "Estimated tokens of the passages admitted and not yet "
+                         "answered", multiprocess_mode="livesum")
+CACHE_HITS = Counter("rerank_gateway_cache_hits_total", "Passages answered from the score cache")
+CACHE_MISSES = Counter("rerank_gateway_cache_misses_total", "Passages looked up in the score cache and not found "
+                       "(scored by Triton)")
+CACHE_ENTRIES = Gauge("rerank_gateway_cache_entries", "Pair scores held by the score cache", multiprocess_mode="livesum")
+CACHE_BYTES = Gauge("rerank_gateway_cache_bytes", "Bytes held by the score cache", multiprocess_mode="livesum")
 IN_FLIGHT = Gauge("rerank_gateway_requests_in_flight", "REST requests being answered", multiprocess_mode="livesum")
 
 

@@ -43,6 +43,11 @@ class RankingRequest(_Strict):
                                  examples=["NONE", "END", "CHUNK"])
     chunk_overlap: int | None = Field(None, ge=0, description="with CHUNK: tokens shared by consecutive windows "
                                                               "(default min(256, max_sequence_length / 4))")
+    errors: Literal["raise", "per_passage"] | None = Field(
+        None, description="raise (default, NIM's): a passage too long for truncate NONE fails the whole request "
+                          "(422); per_passage (our extension): it comes back in rankings, after the scored "
+                          "passages, as {index, error: {code: too_long, message, token_count}}",
+        examples=["per_passage"])
 
 
 class RetrievalRankingRequest(RankingRequest):
@@ -51,10 +56,18 @@ class RetrievalRankingRequest(RankingRequest):
     top_k: int | None = Field(None, ge=1)
 
 
+class PassageErrorBody(BaseModel):
+    code: Literal["too_long"]
+    message: str
+    token_count: int | None = Field(None, description="the pair's length in tokens (BOS and template included)")
+
+
 class Ranking(BaseModel):
     index: int
-    logit: float
+    logit: float | None = Field(None, description="absent on an unscored passage (errors=per_passage)")
     chunks: int | None = Field(None, description="with truncate=CHUNK only: windows scored for this passage")
+    error: PassageErrorBody | None = Field(None, description="errors=per_passage only: why this passage has no "
+                                                             "logit; such rankings come after the scored ones")
 
 
 class Usage(BaseModel):

@@ -85,6 +85,15 @@ class GatewaySettings(BaseSettings):
     admission_passages: int = setting(
         0, "the admission budget: passages in flight, for the whole gateway, before a fast 503",
         doc_default="0: the ensemble's `max_passages_in_flight` (256)", ge=0)
+    admission_tokens: int = setting(
+        0, "the admission budget's tokens: estimated tokens in flight, for the whole gateway, before a fast 503 "
+           "(beside the passages; docs/operations.md, \"Overload\")",
+        doc_default="0: 512 × the passage budget (131072)", ge=0)
+    cache: bool = setting(True, "the exact pair-score cache (off: every pair is scored by Triton; docs/gateway.md, "
+                                "\"Score cache\")")
+    cache_bytes: int = setting(32 * 1024 * 1024, "the score cache's bound per worker process, in bytes (about "
+                                                 "131,000 pairs at the default), least recently used evicted first",
+                               ge=1024)
     api_keys: Annotated[tuple[str, ...], NoDecode] = setting(
         (), "accept this Bearer key (repeatable; comma-separated in the variable); none: auth off, any "
             "`Authorization` header is accepted", flag="--api-key")

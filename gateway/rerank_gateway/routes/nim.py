@@ -12,9 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from rerank_client import InputTooLongError
 from rerank_client.tensors import Truncation
 
 from ..auth import require_key
+from ..errors import ApiError
 from ..schemas import RankingRequest, RankingResponse, RetrievalRankingRequest
 from ..scoring import Scored, Scorer
 
@@ -22,9 +24,16 @@ router = APIRouter(tags=["NIM"], dependencies=[Depends(require_key)])
 
 
 def nim_body(scored: Scored, keep: int | None = None, chunked: bool = False) -> dict[str, Any]:
-    """NIM's body; under CHUNK each ranking also says how many windows were scored (our extension)."""
-    results = scored.results if keep is None else scored.results[:keep]
-    rankings = [{"index": r.index, "logit": r.logit, **({"chunks": r.chunks} if chunked else {})} for r in results]
+    """NIM's body; under CHUNK each ranking also says how many windows were scored, and with per-passage
+    errors an unscored passage carries its error after the scored ones (our extensions). ``keep`` cuts
+    the scored rankings; an error is always reported."""
+    ranked = [r for r in scored.results if r.error is None]
+    failed = [r for r in scored.results if r.error is not None]
+    rankings: list[dict[str, Any]] = [{"index": r.index, "logit": r.logit, **({"chunks": r.chunks} if chunked else {})}
+                                      for r in (ranked if keep is None else ranked[:keep])]
+    rankings += [{"index": r.index, "error": {"code": r.error.code, "message": r.error.message,
+                                              "token_count": r.error.token_count}}
+                 for r in failed if r.error is not None]
     return {"rankings": rankings, "usage": {"prompt_tokens": scored.tokens, "total_tokens": scored.tokens}}
 
 
@@ -34,8 +43,11 @@ def chunked(body: RankingRequest) -> bool:
 
 async def _rank(request: Request, route: str, body: RankingRequest) -> Scored:
     scorer: Scorer = request.app.state.scorer
-    return await scorer.rank(route, body.model, body.query.text, [p.text for p in body.passages], body.truncate,
-                             body.chunk_overlap)
+    try:
+        return await scorer.rank(route, body.model, body.query.text, [p.text for p in body.passages], body.truncate,
+                                 body.chunk_overlap, body.errors)
+    except InputTooLongError as exc:  # NIM (since 1.9.1) answers 422 for an over-long pair, with this message
+        raise ApiError(422, exc.message) from None
 
 
 @router.post("/v1/ranking", response_model=RankingResponse, summary="Rank passages (NIM)")
