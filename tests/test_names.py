@@ -60,4 +60,4 @@ def test_an_unknown_precision_is_refused(capsys):
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["repository", "--checkpoint", "c", "--target", "cpu", "--precision", "fp8"])
-    assert "invalid precision 'fp8' (choose from fp32, bf16)" in capsys.readouterr().err
+    assert "invalid precision 'fp8' (choose from auto, fp32, bf16)" in capsys.readouterr().err
