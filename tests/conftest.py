@@ -96,7 +96,7 @@ def tiny_model(tiny_checkpoint: Path):
 # --- a real tritonserver on the tiny CPU repository -------------------------------------------
 
 #: Small limits so that every limit can be hit cheaply in tests.
-TEST_LIMITS = dict(max_rows=64, engine_max_batch_size=64, max_request_tokens=16384, max_request_bytes=2_000_000,
+TEST_LIMITS = dict(max_rows=64, engine_max_batch_size=64, max_tokens_per_request=16384, max_bytes_per_request=2_000_000,
                    preferred_batch_sizes=(4, 8, 16), tokenizer_instances=2, admission_passages=512)
 
 
