@@ -98,7 +98,7 @@ def tiny_model(tiny_checkpoint: Path):
 #: Small limits so that every limit can be hit cheaply in tests. The engine computes in fp32, so that
 #: served scores equal the reference's to 1e-4 everywhere; the default precision (bf16 linear layers
 #: where the CPU has them) has its own served parity tests (test_cpu_engine.py).
-TEST_LIMITS = dict(max_rows=64, engine_max_batch_size=64, max_request_tokens=16384, max_request_bytes=2_000_000,
+TEST_LIMITS = dict(max_rows=64, engine_max_batch_size=64, max_tokens_per_request=16384, max_bytes_per_request=2_000_000,
                    preferred_batch_sizes=(4, 8, 16), tokenizer_instances=2, admission_passages=512,
                    cpu_precision="f32")
 

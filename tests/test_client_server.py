@@ -79,9 +79,9 @@ def test_limits_are_read_from_the_server(server):
     with RerankClient(server.grpc_url) as client:
         limits = client.limits
     fingerprint = limits.model_fingerprint
-    assert limits == ServerLimits(TEST_LIMITS["max_rows"], TEST_LIMITS["max_request_tokens"], 8192,
+    assert limits == ServerLimits(TEST_LIMITS["max_rows"], TEST_LIMITS["max_tokens_per_request"], 8192,
                                   (64, 128, 256, 512, 1024, 2048, 4096, 8192),
-                                  TEST_LIMITS["max_request_bytes"], TEST_LIMITS["admission_passages"], fingerprint)
+                                  TEST_LIMITS["max_bytes_per_request"], TEST_LIMITS["admission_passages"], fingerprint)
     assert fingerprint and len(fingerprint) == 32 and int(fingerprint, 16) >= 0, "the served model's identity"
 
 
@@ -328,7 +328,7 @@ def test_client_splits_by_the_published_byte_limit(server):
     """Three 800 kB passages (END) exceed one request's 2,000,000 bytes: the client splits them."""
     big = [("x " if i % 2 else "y ") * 400_000 for i in range(3)]
     with RerankClient(server.grpc_url, "grpc", truncate="END") as client:
-        assert client.limits.max_bytes == TEST_LIMITS["max_request_bytes"]
+        assert client.limits.max_bytes == TEST_LIMITS["max_bytes_per_request"]
         results = client.rerank(QUERY, big)
     assert sorted(r.index for r in results) == [0, 1, 2]
     assert all(r.token_count == 8192 for r in results)

@@ -33,7 +33,7 @@ def test_profiles_follow_the_token_budget():
     assert all(p.min[0] == 1 and p.max_tokens <= 131072 for p in profiles)
     assert [p.opt[0] for p in profiles] == [64, 32, 8, 4, 2]  # short: large batches, long: small ones
     assert rows_by_width(profiles) == "128:64,512:64,2048:64,4096:32,8192:16"
-    assert check_profiles(profiles, DEFAULT_BUCKETS, max_rows=64, max_request_tokens=131072) == []
+    assert check_profiles(profiles, DEFAULT_BUCKETS, max_rows=64, max_tokens_per_request=131072) == []
     small = plan_profiles(DEFAULT_BUCKETS, max_batch=64, max_tokens=32768)
     assert [p.max for p in small] == [(64, 128), (64, 512), (32, 1024), (16, 2048), (8, 4096), (4, 8192)]
     with pytest.raises(ValueError, match="cannot hold one row of the longest bucket"):
@@ -42,13 +42,13 @@ def test_profiles_follow_the_token_budget():
 
 def test_profile_problems_are_named():
     profiles = plan_profiles((64, 128, 256), max_batch=16)
-    problems = check_profiles(profiles, (64, 128, 256, 512), max_rows=16, max_request_tokens=131072)
+    problems = check_profiles(profiles, (64, 128, 256, 512), max_rows=16, max_tokens_per_request=131072)
     assert problems == ["bucket 512 is longer than any engine profile (longest 256)"]
-    problems = check_profiles(profiles, (64, 128), max_rows=32, max_request_tokens=131072)
+    problems = check_profiles(profiles, (64, 128), max_rows=32, max_tokens_per_request=131072)
     assert any("a request of 32 rows at bucket 64" in p and "at most 16 rows" in p for p in problems)
     budget = plan_profiles(DEFAULT_BUCKETS, max_batch=64, max_tokens=65536)
-    problems = check_profiles(budget, DEFAULT_BUCKETS, max_rows=64, max_request_tokens=131072)
-    assert problems and all("lower max_request_tokens" in p for p in problems), "a request must fit one execution"
+    problems = check_profiles(budget, DEFAULT_BUCKETS, max_rows=64, max_tokens_per_request=131072)
+    assert problems and all("lower max_tokens_per_request" in p for p in problems), "a request must fit one execution"
 
 
 @pytest.mark.parametrize("gpus,per_gpu", [((0,), 1), ((0, 1), 2), ((0, 1, 2, 3), 1)])
@@ -75,15 +75,15 @@ def test_gpu_repository_configs(tmp_path, tiny_checkpoint, gpus, per_gpu):
 
 def test_gpu_defaults_follow_the_engine(tmp_path):
     plan = fake_engine(tmp_path, max_batch=32, buckets=(128, 512, 2048))
-    assert gpu_defaults(plan) == {"engine_max_batch_size": 32, "max_rows": 32, "max_request_tokens": 131072,
+    assert gpu_defaults(plan) == {"engine_max_batch_size": 32, "max_rows": 32, "max_tokens_per_request": 131072,
                                   "buckets": (128, 512, 2048), "max_sequence_length": 2048,
                                   "preferred_batch_sizes": (8, 16, 32)}
 
 
 @pytest.mark.parametrize("overrides,kwargs,fragment", [
     ({"engine_max_batch_size": 128, "max_rows": 128}, {}, "engine_max_batch_size 128 is more than the engine's 64"),
-    ({"max_request_tokens": 262144}, {}, r"a request of 32 rows at bucket 8192 .* at most 16 rows"),
-    ({"buckets": (64, 16384), "max_sequence_length": 16384, "max_request_tokens": 16384}, {},
+    ({"max_tokens_per_request": 262144}, {}, r"a request of 32 rows at bucket 8192 .* at most 16 rows"),
+    ({"buckets": (64, 16384), "max_sequence_length": 16384, "max_tokens_per_request": 16384}, {},
      "bucket 16384 is longer than any engine profile"),
     ({}, {"triton_release": "24.12"}, "built with TensorRT 10.11.0.33 but the serving container has TensorRT 10.7.0"),
     ({}, {"serving_trt": "10.8.0"}, "serving container has TensorRT 10.8.0"),

@@ -36,7 +36,7 @@ def test_the_defaults_are_one_table():
     from rerank_contract import prompt
 
     s = RepositorySettings()
-    assert (s.max_rows, s.max_request_tokens, s.max_request_bytes, s.max_sequence_length, s.buckets) == (
+    assert (s.max_rows, s.max_tokens_per_request, s.max_bytes_per_request, s.max_sequence_length, s.buckets) == (
         DEFAULTS.max_rows, DEFAULTS.max_tokens, DEFAULTS.max_bytes, DEFAULTS.max_sequence_length, DEFAULTS.buckets)
     assert (ServerLimits().max_rows, ServerLimits().max_sequence_length) == (DEFAULTS.max_rows,
                                                                            DEFAULTS.max_sequence_length)

@@ -62,7 +62,7 @@ def test_every_template_parameter_is_documented():
     ({"max_rows": 128, "engine_max_batch_size": 64}, "engine_max_batch_size (64) must be >= max_rows"),
     ({"buckets": (128, 64)}, "increasing"),
     ({"buckets": (64, 128)}, "must hold max_sequence_length"),
-    ({"max_request_tokens": 100}, "cannot hold one pair"),
+    ({"max_tokens_per_request": 100}, "cannot hold one pair"),
     ({"preferred_batch_sizes": (1024,)}, "preferred_batch_sizes"),
     ({"ensemble_name": "bad name!"}, "ensemble name"),
     ({"ensemble_name": "engine"}, "collides"),
@@ -182,7 +182,7 @@ def test_limit_flags_take_the_published_names_and_the_old_spellings(caplog):
         old = build_parser().parse_args(["repository", "--checkpoint", "c", "--target", "cpu", "--max-rows", "8",
                                          "--max-request-tokens", "4096", "--max-request-bytes", "9"])
     for args in (new, old):
-        assert (args.max_rows, args.max_request_tokens, args.max_request_bytes) == (8, 4096, 9)
+        assert (args.max_rows, args.max_tokens_per_request, args.max_bytes_per_request) == (8, 4096, 9)
     assert [r.getMessage() for r in caplog.records] == [
         "--max-rows is deprecated: use --max-rows-per-request",
         "--max-request-tokens is deprecated: use --max-tokens-per-request",

@@ -86,7 +86,7 @@ def test_model_metadata_and_published_limits(server, protocol):
     assert outputs == {"index": "INT32", "logit": "FP32", "token_count": "INT32", "chunks": "INT32"}
     assert max_batch == TEST_LIMITS["max_rows"]
     assert params["max_rows_per_request"] == str(TEST_LIMITS["max_rows"])
-    assert params["max_tokens_per_request"] == str(TEST_LIMITS["max_request_tokens"])
+    assert params["max_tokens_per_request"] == str(TEST_LIMITS["max_tokens_per_request"])
     assert params["max_sequence_length"] == "8192"
 
 

@@ -111,10 +111,10 @@ def _onnx_gpu_defaults(checkpoint: str, overrides: dict) -> dict:
     from .repository import RepositorySettings
 
     defaults = onnx_gpu_defaults()
-    shaped = RepositorySettings(**{**defaults, **overrides, "target": "gpu-onnx", "max_request_tokens": 1 << 30})
+    shaped = RepositorySettings(**{**defaults, **overrides, "target": "gpu-onnx", "max_tokens_per_request": 1 << 30})
     batches = plan_batches(RerankerConfig.from_file(resolve_checkpoint(checkpoint)), shaped.served_buckets,
                            shaped.engine_max_batch_size)
-    return {**defaults, "max_request_tokens": request_tokens(batches, shaped.max_rows)}
+    return {**defaults, "max_tokens_per_request": request_tokens(batches, shaped.max_rows)}
 
 
 def _cmd_engine(args: argparse.Namespace) -> int:
@@ -260,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="passages per request (ensemble max_batch_size; old spelling --max-rows)")
     p.add_argument("--max-sequence-length", dest="max_sequence_length", type=int)
     p.add_argument("--buckets", type=_int_list, help="padded lengths, e.g. 64,128,256,512")
-    add_renamed(p, "--max-tokens-per-request", "--max-request-tokens", dest="max_request_tokens", type=int,
+    add_renamed(p, "--max-tokens-per-request", "--max-request-tokens", dest="max_tokens_per_request", type=int,
                 help="padded tokens per request (old spelling --max-request-tokens)")
-    add_renamed(p, "--max-bytes-per-request", "--max-request-bytes", dest="max_request_bytes", type=int,
+    add_renamed(p, "--max-bytes-per-request", "--max-request-bytes", dest="max_bytes_per_request", type=int,
                 help="text bytes per request, refused before tokenizing (old spelling --max-request-bytes)")
     p.add_argument("--tokenizer-instances", dest="tokenizer_instances", type=int)
     p.add_argument("--postprocess-instances", dest="postprocess_instances", type=int)

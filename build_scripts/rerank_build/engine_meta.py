@@ -153,7 +153,7 @@ def gpu_defaults(engine: str | Path) -> dict[str, Any]:
         "engine_max_batch_size": batch,
         "max_rows": batch,
         # A request never holds more tokens than one execution may: then every request fits a profile.
-        "max_request_tokens": int(meta["max_tokens_per_execution"]),
+        "max_tokens_per_request": int(meta["max_tokens_per_execution"]),
         "buckets": tuple(meta["buckets"]),
         "max_sequence_length": int(meta.get("max_sequence_length", meta["buckets"][-1])),
         "preferred_batch_sizes": tuple(b for b in (8, 16, 32, 64, 128) if b <= batch) or (batch,),
@@ -202,7 +202,7 @@ def check_engine_for_repository(engine: Path, settings: "RepositorySettings", tr
     meta = read_meta(engine)
     problems = []
     profiles = [Profile.from_dict(p) for p in meta["profiles"]]
-    problems += check_profiles(profiles, settings.served_buckets, settings.max_rows, settings.max_request_tokens)
+    problems += check_profiles(profiles, settings.served_buckets, settings.max_rows, settings.max_tokens_per_request)
     budget = int(meta["max_tokens_per_execution"])
     too_big = [p.max for p in profiles if p.max_tokens > budget]
     if too_big:

@@ -60,7 +60,7 @@ def onnx_gpu_values(config: RerankerConfig, settings: Any, attention_gib: float 
 
     batches = plan_batches(config, settings.served_buckets, settings.engine_max_batch_size,
                            attention_gib=attention_gib)
-    problems = check_profiles(batches, settings.served_buckets, settings.max_rows, settings.max_request_tokens)
+    problems = check_profiles(batches, settings.served_buckets, settings.max_rows, settings.max_tokens_per_request)
     if problems:
         problems.append(f"with --target gpu-onnx pass --max-tokens-per-request "
                         f"{request_tokens(batches, settings.max_rows)} (one request must "

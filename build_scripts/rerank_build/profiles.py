@@ -88,10 +88,10 @@ def rows_by_width(profiles: Sequence[Profile]) -> str:
 
 
 def check_profiles(profiles: Sequence[Profile], buckets: Sequence[int], max_rows: int,
-                   max_request_tokens: int) -> list[str]:
+                   max_tokens_per_request: int) -> list[str]:
     """Problems that would make a request the tokenizer accepts fail in the engine.
 
-    One request is never split: at bucket ``b`` it may carry ``min(max_rows, max_request_tokens // b)``
+    One request is never split: at bucket ``b`` it may carry ``min(max_rows, max_tokens_per_request // b)``
     rows, and some profile must hold that many. (Batches of several requests are the batching
     strategy's business: it never forms one that no profile holds.)"""
     problems = []
@@ -99,12 +99,12 @@ def check_profiles(profiles: Sequence[Profile], buckets: Sequence[int], max_rows
         return ["the engine has no optimization profile"]
     longest = max(p.max[1] for p in profiles)
     for bucket in sorted(set(buckets)):
-        need = min(max_rows, max_request_tokens // bucket)
+        need = min(max_rows, max_tokens_per_request // bucket)
         if bucket > longest:
             problems.append(f"bucket {bucket} is longer than any engine profile (longest {longest})")
         elif need >= 1 and not any(p.holds(need, bucket) for p in profiles):
             best = max((p.max[0] for p in profiles if p.min[1] <= bucket <= p.max[1]), default=0)
-            problems.append(f"a request of {need} rows at bucket {bucket} (max_rows {max_rows}, max_request_tokens "
-                            f"{max_request_tokens}) does not fit the profiles (they hold at most {best} rows at "
-                            f"that length): lower max_request_tokens or max_rows, or rebuild the engine")
+            problems.append(f"a request of {need} rows at bucket {bucket} (max_rows {max_rows}, max_tokens_per_request "
+                            f"{max_tokens_per_request}) does not fit the profiles (they hold at most {best} rows at "
+                            f"that length): lower max_tokens_per_request or max_rows, or rebuild the engine")
     return problems

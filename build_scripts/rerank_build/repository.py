@@ -62,8 +62,8 @@ class RepositorySettings:
     max_rows: int = LIMITS.max_rows
     max_sequence_length: int = LIMITS.max_sequence_length
     buckets: tuple[int, ...] = LIMITS.buckets
-    max_request_tokens: int = LIMITS.max_tokens
-    max_request_bytes: int = LIMITS.max_bytes
+    max_tokens_per_request: int = LIMITS.max_tokens
+    max_bytes_per_request: int = LIMITS.max_bytes
     pad_id: int = EOS_ID
     tokenizer_instances: int = 2
     postprocess_instances: int = 1
@@ -101,7 +101,7 @@ class RepositorySettings:
             problems.append(f"ensemble name {self.ensemble_name!r} may hold only letters, digits, '_', '.', '-'")
         if self.ensemble_name in MODELS:
             problems.append(f"ensemble name {self.ensemble_name!r} collides with a composing model")
-        for name in ("max_rows", "max_sequence_length", "max_request_tokens", "max_request_bytes", "tokenizer_instances",
+        for name in ("max_rows", "max_sequence_length", "max_tokens_per_request", "max_bytes_per_request", "tokenizer_instances",
                      "postprocess_instances", "engine_max_batch_size", "engine_instances", "instances_per_gpu",
                      "engine_tokens_per_run", "openvino_shape_cache"):
             if getattr(self, name) < 1:
@@ -120,8 +120,8 @@ class RepositorySettings:
         if any(b < 1 or b > self.engine_max_batch_size for b in self.preferred_batch_sizes):
             problems.append(f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must lie in "
                             f"1..engine_max_batch_size ({self.engine_max_batch_size})")
-        if self.buckets and self.max_request_tokens < self.served_buckets[-1]:
-            problems.append(f"max_request_tokens ({self.max_request_tokens}) cannot hold one pair of the longest "
+        if self.buckets and self.max_tokens_per_request < self.served_buckets[-1]:
+            problems.append(f"max_tokens_per_request ({self.max_tokens_per_request}) cannot hold one pair of the longest "
                             f"bucket ({self.served_buckets[-1]})")
         if not self.gpus or any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
             problems.append(f"gpus must be distinct device ids, got {list(self.gpus)}")
