@@ -17,7 +17,7 @@ padding efficiency, model GFLOP/s against this CPU's matmul peak measured in the
 ceiling with an engine step that costs nothing (``loadtests.host_ceiling``); the overhead scenario.
 Writes ``build/reports/bench-<time>/bench.md`` and, unless --no-docs, ``docs/benchmarks.md``.
 
-    python -m loadtests.bench            # small preset, everything (about 40 minutes on 2 cores)
+    python -m loadtests.bench            # small preset, everything (about 25 minutes on 2 cores)
     python -m loadtests.bench --quick    # tiny preset, few requests, no vLLM (CI)
 """
 
