@@ -159,7 +159,7 @@ def rest_error(status: int, message: str) -> RerankError:
     """A gateway error answer as the client library's typed error, so that failures group by the same kinds."""
     if status == 503 and message.startswith("Overloaded:"):
         return AdmissionRejected(message, str(status))
-    if status in (400, 413):
+    if status in (400, 413, 422):  # 422: NIM's status for an over-long pair under truncate NONE
         cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
     else:
         cls = {503: ServerUnavailableError, 504: DeadlineExceededError}.get(status, RerankError)

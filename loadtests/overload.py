@@ -42,8 +42,8 @@ class Outcome:
     latency_s: float
 
 
-#: The gateway's flags for each admission mode.
-MODES = {"on": [], "passages": ["--admission-tokens", str(10**12)], "off": ["--no-admission"]}
+#: The gateway's flags for each admission mode (``tokens``: a token budget of ``--admission-tokens``).
+MODES = {"on": [], "passages": ["--admission-tokens", str(10**12)], "tokens": [], "off": ["--no-admission"]}
 
 
 @dataclass
@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workload", choices=["short", "mixed"], default="short",
                    help="mixed: every fifth request carries long passages (300-1,000 words)")
     p.add_argument("--modes", default="on,off", help=f"admission per run, of {', '.join(MODES)}")
+    p.add_argument("--admission-tokens", type=int, default=32768, help="the token budget of the 'tokens' mode")
     args = p.parse_args(argv)
+    MODES["tokens"] = ["--admission-tokens", str(args.admission_tokens)]
     modes = tuple(args.modes.split(","))
     if set(modes) - set(MODES):
         p.error(f"--modes takes {', '.join(MODES)}")
