@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
 from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
-from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
+from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
 
 T = TypeVar("T")
 #: One attempt: (transport client, seconds left of the call's deadline) -> answer.
@@ -102,10 +102,13 @@ class AsyncRerankClient(ClientBase):
 
     async def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None,
                      truncate: str | None = None, return_text: bool = False,
-                     timeout_s: float | None = None, chunk_overlap: int | None = None) -> list[RerankResult]:
+                     timeout_s: float | None = None, chunk_overlap: int | None = None,
+                     headers: Mapping[str, str] | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
         or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared).
-        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included."""
+        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included;
+        what is left of it goes with each request as Triton's own timeout. ``headers`` go with this
+        call's requests beside the client's (e.g. a W3C ``traceparent``, which Triton's tracing joins)."""
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
             self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
@@ -116,7 +119,7 @@ class AsyncRerankClient(ClientBase):
 
         async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:
             async with semaphore:
-                return await self._send_chunk(query, passages, chunk, mode, deadline)
+                return await self._send_chunk(query, passages, chunk, mode, deadline, headers)
 
         tasks = [asyncio.ensure_future(bounded(c)) for c in chunks]
         try:
@@ -130,21 +133,25 @@ class AsyncRerankClient(ClientBase):
         return merge([c for c, _ in pairs], [r for _, r in pairs], passages, top_n, return_text)
 
     async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
-                          deadline: float) -> list[tuple[list[int], RawResult]]:
+                          deadline: float, headers: Mapping[str, str] | None = None,
+                          ) -> list[tuple[list[int], RawResult]]:
         texts = [passages[i] for i in chunk]
         try:
-            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t), deadline)
+            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t, headers), deadline)
         except InvalidInputError as err:
             if len(chunk) > 1 and is_too_large(err):
                 half = len(chunk) // 2
-                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline)
-                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline))
+                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline, headers)
+                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline, headers))
             raise
         return [(chunk, result)]
 
-    async def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
+    async def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float,
+                     headers: Mapping[str, str] | None = None) -> RawResult:
         module = self.settings.module
-        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
+        sent = {**(self.settings.headers or {}), **headers} if headers else self.settings.headers
+        kwargs: dict[str, Any] = {"headers": sent, "parameters": truncate.parameters()}
+        kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = await client.infer(self.settings.model, build_inputs(module, query, texts),

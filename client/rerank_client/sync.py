@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
 from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
-from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
+from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
 
 T = TypeVar("T")
 #: One attempt: (transport client, seconds left of the call's deadline) -> answer.
@@ -283,6 +283,7 @@ class RerankClient(ClientBase):
     def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
         module = self.settings.module
         kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
+        kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = client.infer(self.settings.model, build_inputs(module, query, texts),

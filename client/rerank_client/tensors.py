@@ -84,6 +84,16 @@ def build_outputs(module: Any, chunked: bool = False) -> list:
     return [module.InferRequestedOutput(name) for name in OUTPUTS + ((names.CHUNKS,) if chunked else ())]
 
 
+def server_timeout_us(timeout_s: float) -> int:
+    """Triton's per-request ``timeout`` (microseconds) for what is left of a call's deadline.
+
+    Triton drops a request still queued at a dynamically batched model (the engine) once this has
+    passed, before it costs engine time, where the model's queue policy allows per-request timeouts
+    (``rerank-build repository --request-timeouts``); elsewhere Triton ignores it. At least 1: 0
+    would mean "no timeout"."""
+    return max(1, int(timeout_s * 1_000_000))
+
+
 def request_parameters(truncate: str | None, chunk_overlap: int | None = None) -> dict[str, Any] | None:
     return Truncation(truncate, chunk_overlap).parameters()
 
