@@ -27,10 +27,42 @@ def test_settings_from_environment_flags_and_nim_names():
 
 @pytest.mark.parametrize("env,fragment", [({"RERANK_GATEWAY_PORT": "x"}, "RERANK_GATEWAY_PORT"),
                                           ({"RERANK_GATEWAY_MAX_PASSAGES": "0"}, "max_passages must be at least 1"),
-                                          ({"RERANK_GATEWAY_ACCESS_LOG": "maybe"}, "expected a boolean")])
+                                          ({"RERANK_GATEWAY_ACCESS_LOG": "maybe"}, "expected a boolean"),
+                                          ({"NIM_LOG_LEVEL": "loud"}, "NIM_LOG_LEVEL"),
+                                          ({"RERANK_GATEWAY_TRITON": " "}, "triton: must be HOST:PORT")])
 def test_bad_settings_are_named(env, fragment):
     with pytest.raises(ValueError, match=fragment):
         GatewaySettings.from_env(env)
+
+
+def test_settings_are_plain_values_unless_read_from_the_environment(monkeypatch):
+    """``GatewaySettings(...)`` is its arguments and the defaults (as the dataclass it replaced was);
+    only ``from_env`` reads variables, and then the mapping it is given, not os.environ."""
+    monkeypatch.setenv("RERANK_GATEWAY_PORT", "9999")
+    assert GatewaySettings().port == 8000
+    assert GatewaySettings.from_env({}).port == 8000
+    assert GatewaySettings.from_env().port == 9999
+
+
+def test_the_command_line_is_generated_from_the_settings_and_keeps_every_published_flag():
+    """Every flag the hand-written parser had still parses to the same setting; flags win over variables."""
+    from rerank_gateway.cli import build_parser
+    from rerank_gateway.settings import parse_args
+
+    argv = ["--triton", "t:1", "--host", "0.0.0.0", "--port", "9", "--workers", "2", "--served-model-name", "m",
+            "--ensemble", "e", "--max-passages", "10", "--max-body-bytes", "4000", "--timeout-s", "5",
+            "--ride-through-s", "0", "--triton-concurrency", "3", "--rows-per-request", "7",
+            "--admission-passages", "64", "--no-admission", "--api-key", "k1", "--api-key", "k2",
+            "--cors-origin", "https://a", "--log-level", "debug", "--no-access-log"]
+    s = parse_args(argv, build_parser())
+    assert s == GatewaySettings(triton="t:1", host="0.0.0.0", port=9, workers=2, served_model_name="m", ensemble="e",
+                                max_passages=10, max_body_bytes=4000, timeout_s=5, ride_through_s=0,
+                                triton_concurrency=3, rows_per_request=7, admission_passages=64, admission=False,
+                                api_keys=("k1", "k2"), cors_origins=("https://a",), log_level="debug",
+                                access_log=False)
+    flags = {a for action in build_parser()._actions for a in action.option_strings}
+    assert {f for f in argv if f.startswith("--")} <= flags
+    assert set(GatewaySettings.model_fields) == {action.dest for action in build_parser()._actions} - {"help"}
 
 
 def test_validation_errors_read_like_nims():

@@ -24,7 +24,7 @@ from rerank_build.server import free_ports
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "locust", "onnx", "onnxruntime", "sentence-transformers", "nvidia-pytriton",
          "tokenizers", "matplotlib"}
-GATEWAY_ONLY = {"fastapi", "starlette", "uvicorn", "prometheus-client", "pydantic"}
+GATEWAY_ONLY = {"fastapi", "starlette", "uvicorn", "prometheus-client", "pydantic", "pydantic-settings"}
 HTTP_ONLY = {"gevent", "geventhttpclient", "aiohttp"}  # rerank-client[http]
 #: A numpy 2 of the kind our users run (the newest in this machine's wheel store when this was written).
 NUMPY_2 = "numpy==2.4.6"
