@@ -122,8 +122,12 @@ class AsyncRerankClient(ClientBase):
                 return await self._send_chunk(query, passages, chunk, mode, deadline, headers)
 
         tasks = [asyncio.ensure_future(bounded(c)) for c in chunks]
+        gathered = asyncio.gather(*tasks)
+        # A call cancelled from outside (its REST client left) ends its requests; what they raise then
+        # is nobody's news, so it is marked retrieved rather than logged as "never retrieved".
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            parts = await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(0.0, deadline - time.monotonic()))
+            parts = await asyncio.wait_for(gathered, timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s") from None
         finally:

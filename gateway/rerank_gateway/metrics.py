@@ -26,6 +26,8 @@ ERRORS = Counter("rerank_gateway_errors_total", "Error answers, by kind (the err
 PASSAGES_IN_FLIGHT = Gauge("rerank_gateway_passages_in_flight", "Passages admitted and not yet answered",
                            multiprocess_mode="livesum")
 REJECTED = Counter("rerank_gateway_admission_rejected_total", "Requests answered 503 at once: over the admission budget")
+DISCONNECTS = Counter("rerank_gateway_client_disconnects_total",
+                      "Requests whose client went away before the answer: cancelled, with their Triton calls")
 IN_FLIGHT = Gauge("rerank_gateway_requests_in_flight", "REST requests being answered", multiprocess_mode="livesum")
 
 

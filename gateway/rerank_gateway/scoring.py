@@ -16,8 +16,9 @@ from rerank_client import AsyncRerankClient, RerankResult, ServerLimits
 from rerank_contract import names
 from rerank_contract.names import triton_model_name
 
-from . import metrics
+from . import metrics, tracing
 from .admission import Admission, Overloaded
+from .deadlines import budget_s
 from .errors import ApiError
 from .settings import GatewaySettings
 
@@ -126,12 +127,18 @@ class Scorer:
             raise ApiError(413, f"Request has {len(passages)} passages, more than the limit of "
                                 f"{self.settings.max_passages} per request ({names.MAX_PASSAGES_PER_REQUEST}); "
                                 "split it into several requests")
+        trace = tracing.current()
+        timeout_s = budget_s(trace, self.settings.deadline_header, self.settings.timeout_s)
         admission = await self.admission()
         charge = self._admit(admission, len(passages)) if admission else 0
         metrics.PASSAGES_IN_FLIGHT.inc(len(passages))
+        started = time.monotonic()
         try:
-            results = await self.client.rerank(query, passages, truncate=truncate, chunk_overlap=chunk_overlap)
+            results = await self.client.rerank(query, passages, truncate=truncate, chunk_overlap=chunk_overlap,
+                                               timeout_s=timeout_s, headers=trace.triton_headers() if trace else None)
         finally:
+            if trace is not None:
+                trace.stage("triton", time.monotonic() - started)  # Server-Timing: Triton's round trips
             metrics.PASSAGES_IN_FLIGHT.dec(len(passages))
             if admission:
                 admission.release(charge, len(passages))
