@@ -52,12 +52,23 @@ class Phase:
     engine_tokens: float  # computed by the engine during the phase (useful tokens)
     answered_tokens: float  # tokens of the 200 answers
     wasted_share: float  # (engine - answered) / engine: engine work nobody got
+    engine_dropped: float  # engine requests Triton's queue dropped at their timeout (REJECTED)
+    engine_queue_ms: float  # mean wait in the engine's queue of the requests it ran
+    admission: bool = True
 
 
-def engine_tokens(metrics_port: int) -> float:
+def engine_counters(metrics_port: int) -> dict[str, float]:
+    """The engine's useful tokens, requests run and dropped at their timeout, and total queue time (us)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    found = re.search(r'rerank_engine_tokens_total\{kind="useful"\} ([0-9.e+]+)', text)
-    return float(found.group(1)) if found else float("nan")
+    patterns = {"tokens": r'rerank_engine_tokens_total\{kind="useful"\}',
+                "ran": r'nv_inference_request_success\{model="engine",[^}]*\}',
+                "dropped": r'nv_inference_request_failure\{model="engine",reason="REJECTED",[^}]*\}',
+                "queue_us": r'nv_inference_queue_duration_us\{model="engine",[^}]*\}'}
+    out = {}
+    for name, pattern in patterns.items():
+        found = re.search(pattern + r" ([0-9.e+]+)", text)
+        out[name] = float(found.group(1)) if found else float("nan")
+    return out
 
 
 async def _post(session: aiohttp.ClientSession, url: str, payload: dict, deadline_ms: int) -> tuple[int, int]:
@@ -92,24 +103,27 @@ async def open_loop(url: str, payloads: list[dict], rate: float, seconds: float,
 
 
 def run(repositories: dict[bool, Path], passages: int, factor: float, phase_s: float, deadline_ms: int,
-        clients: int, capacity_s: float, log_dir: Path, rounds: int, seed: int = 0) -> tuple[float, list[Phase]]:
+        clients: int, capacity_s: float, log_dir: Path, rounds: int, admission: bool = True,
+        seed: int = 0) -> tuple[float, list[Phase]]:
     payloads = [body(passages, seed + i) for i in range(32)]
     phases: list[Phase] = []
     capacity_rps = 0.0
     for round_ in range(rounds):  # the two variants interleaved, as the machine is shared
         for timeouts in (False, True):
             with ServingStack(repositories[timeouts], log_dir=log_dir / f"{'timeouts' if timeouts else 'plain'}-{round_}",
-                              gateway_args=["--no-access-log"]) as stack:
+                              gateway_args=["--no-access-log", *([] if admission else ["--no-admission"])]) as stack:
                 url = stack.rest_url + "/v1/ranking"
                 asyncio.run(capacity(url, payloads, clients, 3.0))  # warm-up
                 if not capacity_rps:
                     capacity_rps = asyncio.run(capacity(url, payloads, clients, capacity_s))
                     logger.info("sustainable load: %.2f requests/s", capacity_rps)
                 rate = factor * capacity_rps
-                before = engine_tokens(stack.ports.metrics)
+                before = engine_counters(stack.ports.metrics)
                 outcomes, wall = asyncio.run(open_loop(url, payloads, rate, phase_s, deadline_ms, seed + round_))
                 time.sleep(1.0)  # whatever still runs in the engine finishes and is counted
-                spent = engine_tokens(stack.ports.metrics) - before
+                after = engine_counters(stack.ports.metrics)
+            delta = {k: after[k] - before[k] for k in after}
+            spent = delta["tokens"]
             ok = [t for s, t in outcomes if s == 200]
             answered = float(sum(ok))
             statuses = [s for s, _ in outcomes]
@@ -117,20 +131,22 @@ def run(repositories: dict[bool, Path], passages: int, factor: float, phase_s: f
                                 statuses.count(504), statuses.count(503),
                                 len(outcomes) - len(ok) - statuses.count(504) - statuses.count(503),
                                 len(ok) * passages / wall, spent, answered,
-                                (spent - answered) / spent if spent else 0.0))
+                                (spent - answered) / spent if spent else 0.0, delta["dropped"],
+                                delta["queue_us"] / 1000 / delta["ran"] if delta["ran"] else 0.0, admission))
             logger.info("%s", phases[-1])
     return capacity_rps, phases
 
 
 def table(phases: list[Phase], capacity_rps: float, passages: int) -> str:
     lines = [f"Sustainable load: {capacity_rps:.2f} requests/s of {passages} passages, measured closed loop.", "",
-             "| request timeouts | load | deadline | requests | 200 | 504 | 503 | goodput pairs/s | "
-             "engine tokens | tokens answered | engine work wasted |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| request timeouts | admission | load | deadline | requests | 200 | 504 | 503 | goodput pairs/s | "
+             "engine tokens | tokens answered | engine work wasted | dropped in the engine queue | engine queue, mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
-        lines.append(f"| {'on' if p.request_timeouts else 'off'} | {p.factor:g}x | {p.deadline_ms} ms | {p.requests} | "
-                     f"{p.ok} | {p.expired_504} | {p.rejected_503} | {p.goodput_pairs_s:.0f} | {p.engine_tokens:.0f} | "
-                     f"{p.answered_tokens:.0f} | {p.wasted_share:.0%} |")
+        lines.append(f"| {'on' if p.request_timeouts else 'off'} | {'on' if p.admission else 'off'} | {p.factor:g}x | "
+                     f"{p.deadline_ms} ms | {p.requests} | {p.ok} | {p.expired_504} | {p.rejected_503} | "
+                     f"{p.goodput_pairs_s:.0f} | {p.engine_tokens:.0f} | {p.answered_tokens:.0f} | {p.wasted_share:.0%} | "
+                     f"{p.engine_dropped:.0f} | {p.engine_queue_ms:.0f} ms |")
     return "\n".join(lines)
 
 
@@ -144,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-ms", type=int, default=1000)
     p.add_argument("--phase-s", type=float, default=30.0)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--no-admission", dest="admission", action="store_false",
+                   help="the gateway without its admission budget: overload lengthens Triton's queue")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--capacity-s", type=float, default=15.0)
     p.add_argument("--out", type=Path, default=Path("build/reports/deadlines"))
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     capacity_rps, phases = run({False: args.repository, True: args.timeouts_repository}, args.passages, args.factor,
                                args.phase_s, args.deadline_ms, args.clients, args.capacity_s, args.out / "logs",
-                               args.rounds)
+                               args.rounds, args.admission)
     text = f"## Deadlines under overload, {args.label}\n\n" + table(phases, capacity_rps, args.passages) + "\n"
     (args.out / f"deadlines-{args.label}.md").write_text(text)
     (args.out / f"deadlines-{args.label}.json").write_text(json.dumps(

@@ -11,6 +11,7 @@ the first and third requests' tokens only.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -33,15 +34,21 @@ HEADER = "x-envoy-expected-rq-timeout-ms"
 
 
 @pytest.fixture(scope="module")
-def gated(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
-    """(server, engine gate, tokenizer gate): a repository with per-request timeouts, both steps gated."""
-    from rerank_build.server import TritonServer
-
+def timeouts_repository(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
+    """The tiny repository built with per-request timeouts, its tokenizer and engine gated (open)."""
     tmp = tmp_path_factory.mktemp("deadlines")
     repository = build_repository(tiny_checkpoint, tmp / "repo",
                                   RepositorySettings(**{**TEST_LIMITS, "request_timeouts": True}), onnx=tiny_onnx_fp32)
-    engine = gate_model(repository, "engine", "input_ids", tmp)
-    tokenizer = gate_model(repository, "tokenizer", "query", tmp)
+    return repository, gate_model(repository, "engine", "input_ids", tmp), gate_model(repository, "tokenizer", "query", tmp)
+
+
+@pytest.fixture(scope="module")
+def gated(timeouts_repository, tmp_path_factory):
+    """(server, engine gate, tokenizer gate) on that repository."""
+    from rerank_build.server import TritonServer
+
+    repository, engine, tokenizer = timeouts_repository
+    tmp = tmp_path_factory.mktemp("deadlines-server")
     log = tmp / "tritonserver.log"
     server = TritonServer(repository, log_path=log)
     try:
@@ -187,3 +194,22 @@ def test_request_timeouts_render_a_queue_policy_that_honours_them():
     both = RepositorySettings(request_timeouts=True, max_queue_size=8).template_values()["queue_policy"]
     assert both.endswith("allow_timeout_override: true max_queue_size: 8 }")
     assert RepositorySettings().template_values()["queue_policy"] == ""
+
+
+@pytest.mark.slow
+def test_deadlines_tool_quick_run(tiny_repository, timeouts_repository, tmp_path):
+    """``loadtests.deadlines`` runs both repositories and accounts for every request and engine token."""
+    from loadtests import deadlines
+
+    assert deadlines.main(["--repository", str(tiny_repository), "--timeouts-repository", str(timeouts_repository[0]),
+                           "--label", "tiny", "--phase-s", "3", "--capacity-s", "3", "--deadline-ms", "300",
+                           "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "deadlines-tiny.json").read_text())
+    assert report["capacity_rps"] > 0
+    assert [p["request_timeouts"] for p in report["phases"]] == [False, True]
+    for phase in report["phases"]:
+        assert phase["requests"] > 0 and phase["ok"] > 0 and phase["other"] == 0, phase
+        assert phase["ok"] + phase["expired_504"] + phase["rejected_503"] == phase["requests"], phase
+        assert phase["engine_tokens"] >= phase["answered_tokens"] > 0, "the engine computed every answered token"
+    text = (tmp_path / "deadlines-tiny.md").read_text()
+    assert "| off | on | 2x | 300 ms |" in text and "| on | on | 2x | 300 ms |" in text

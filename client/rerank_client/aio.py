@@ -19,6 +19,8 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
+from rerank_contract import names
+
 from .core import ClientBase, RerankResult, Retrying, ServerLimits, is_too_large, merge
 from .errors import ClientClosedError, DeadlineExceededError, InvalidInputError, ServerUnavailableError
 from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
@@ -103,23 +105,28 @@ class AsyncRerankClient(ClientBase):
     async def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None,
                      truncate: str | None = None, return_text: bool = False,
                      timeout_s: float | None = None, chunk_overlap: int | None = None,
-                     headers: Mapping[str, str] | None = None) -> list[RerankResult]:
+                     headers: Mapping[str, str] | None = None,
+                     timings: dict[str, float] | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
         or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared).
         ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included;
         what is left of it goes with each request as Triton's own timeout. ``headers`` go with this
-        call's requests beside the client's (e.g. a W3C ``traceparent``, which Triton's tracing joins)."""
+        call's requests beside the client's (e.g. a W3C ``traceparent``, which Triton's tracing joins).
+        ``timings``, where the ensemble reports them (``stage_ns``), gets each of ``names.STAGES`` in
+        seconds: the longest among this call's requests (they run concurrently)."""
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
             self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
         budget = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + budget
-        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, await self._read_limits(deadline))
+        limits = await self._read_limits(deadline)
+        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, limits)
+        stages = timings is not None and limits.stage_timings
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult]]:
             async with semaphore:
-                return await self._send_chunk(query, passages, chunk, mode, deadline, headers)
+                return await self._send_chunk(query, passages, chunk, mode, deadline, headers, stages)
 
         tasks = [asyncio.ensure_future(bounded(c)) for c in chunks]
         gathered = asyncio.gather(*tasks)
@@ -134,24 +141,29 @@ class AsyncRerankClient(ClientBase):
             for task in tasks:
                 task.cancel()
         pairs = [pair for part in parts for pair in part]
+        if stages and timings is not None:
+            for _, raw in pairs:
+                for name, ns in zip(names.STAGES, raw.stage_ns if raw.stage_ns is not None else ()):
+                    timings[name] = max(timings.get(name, 0.0), float(ns) / 1e9)
         return merge([c for c, _ in pairs], [r for _, r in pairs], passages, top_n, return_text)
 
     async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
-                          deadline: float, headers: Mapping[str, str] | None = None,
+                          deadline: float, headers: Mapping[str, str] | None = None, stages: bool = False,
                           ) -> list[tuple[list[int], RawResult]]:
         texts = [passages[i] for i in chunk]
         try:
-            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t, headers), deadline)
+            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t, headers, stages),
+                                            deadline)
         except InvalidInputError as err:
             if len(chunk) > 1 and is_too_large(err):
                 half = len(chunk) // 2
-                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline, headers)
-                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline, headers))
+                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline, headers, stages)
+                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline, headers, stages))
             raise
         return [(chunk, result)]
 
     async def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float,
-                     headers: Mapping[str, str] | None = None) -> RawResult:
+                     headers: Mapping[str, str] | None = None, stages: bool = False) -> RawResult:
         module = self.settings.module
         sent = {**(self.settings.headers or {}), **headers} if headers else self.settings.headers
         kwargs: dict[str, Any] = {"headers": sent, "parameters": truncate.parameters()}
@@ -159,8 +171,8 @@ class AsyncRerankClient(ClientBase):
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = await client.infer(self.settings.model, build_inputs(module, query, texts),
-                                    outputs=build_outputs(module, truncate.chunked), **kwargs)
-        return parse_result(result, truncate.chunked)
+                                    outputs=build_outputs(module, truncate.chunked, stages), **kwargs)
+        return parse_result(result, truncate.chunked, stages)
 
     async def _attempt(self, call: Attempt[T], timeout_s: float) -> T:
         """One try, ended when ``timeout_s`` (what is left of the deadline) runs out."""

@@ -39,6 +39,7 @@ class ServerLimits:
     buckets: tuple[int, ...] | None = None
     max_bytes: int | None = None  # text bytes per request, every row's query and passage
     max_in_flight: int | None = None  # admission budget in passages (the REST gateway enforces it)
+    stage_timings: bool = False  # the ensemble has the stage_ns output (ours does; NIM's does not)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
@@ -57,6 +58,7 @@ class ServerLimits:
             buckets=tuple(int(b) for b in buckets.split(",")) if buckets else None,
             max_bytes=int(max_bytes) if max_bytes else None,
             max_in_flight=int(in_flight) if in_flight else None,
+            stage_timings=any(o.get("name") == names.STAGE_NS for o in config.get("output") or []),
         )
 
     def padded(self, length: int) -> int:

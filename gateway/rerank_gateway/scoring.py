@@ -133,12 +133,16 @@ class Scorer:
         charge = self._admit(admission, len(passages)) if admission else 0
         metrics.PASSAGES_IN_FLIGHT.inc(len(passages))
         started = time.monotonic()
+        stages: dict[str, float] = {}
         try:
             results = await self.client.rerank(query, passages, truncate=truncate, chunk_overlap=chunk_overlap,
-                                               timeout_s=timeout_s, headers=trace.triton_headers() if trace else None)
+                                               timeout_s=timeout_s, headers=trace.triton_headers() if trace else None,
+                                               timings=stages)
         finally:
-            if trace is not None:
-                trace.stage("triton", time.monotonic() - started)  # Server-Timing: Triton's round trips
+            if trace is not None:  # Server-Timing: Triton's round trips, then the ensemble's own stages
+                trace.stage("triton", time.monotonic() - started)
+                for name, seconds in stages.items():
+                    trace.stage(name, seconds)
             metrics.PASSAGES_IN_FLIGHT.dec(len(passages))
             if admission:
                 admission.release(charge, len(passages))
