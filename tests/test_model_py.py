@@ -63,6 +63,9 @@ def test_tokenizer_pads_left_to_a_bucket(tokenizer_model, encoder):
     assert counts.tolist() == [[len(rows[0])], [len(rows[1])]]
     assert ids[0, -len(rows[0]):].tolist() == rows[0] and ids[0, 0] == rp.EOS_ID
     assert mask.sum(axis=1).tolist() == [len(r) for r in rows]
+    started, ended = out.output_tensors["TOKENIZE_NS"].T  # when tokenizing started and ended, every row
+    assert out.output_tensors["TOKENIZE_NS"].dtype == np.int64 and len(set(started)) == len(set(ended)) == 1
+    assert 0 < started[0] <= ended[0]
 
 
 def test_tokenizer_passes_truncate_through(tokenizer_model):
@@ -166,12 +169,17 @@ def test_postprocess_sorts_and_aligns(tiny_repository):
     logits = np.array([[0.5], [2.0], [0.5], [-1.0]], dtype=np.float32)
     counts = np.array([[10], [20], [30], [40]], dtype=np.int32)
     owners = np.arange(4, dtype=np.int32).reshape(-1, 1)
-    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts,
-                                             "PASSAGE_INDEX": owners})])[0].output_tensors
+    tokenized = np.tile(np.array([100, 250], np.int64), (4, 1))  # when tokenizing started and ended (ns)
+    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts, "PASSAGE_INDEX": owners,
+                                             "TOKENIZE_NS": tokenized})])[0].output_tensors
     assert out["INDEX"].tolist() == [[1], [0], [2], [3]]
     assert out["LOGIT"].dtype == np.float32 and out["LOGIT"][:, 0].tolist() == [2.0, 0.5, 0.5, -1.0]
     assert out["TOKEN_COUNT"].tolist() == [[20], [10], [30], [40]]
     assert out["CHUNKS"].tolist() == [[1]] * 4
+    # Server-Timing's stages, the same on every row: tokenize 150 ns, then engine and postprocess as measured
+    stages = out["STAGE_NS"]
+    assert stages.dtype == np.int64 and stages.shape == (4, 3) and (stages == stages[0]).all()
+    assert stages[0, 0] == 150 and stages[0, 1] > 0 and stages[0, 2] >= 0
 
 
 def test_postprocess_takes_the_best_window_of_each_passage(tiny_repository):
@@ -180,8 +188,9 @@ def test_postprocess_takes_the_best_window_of_each_passage(tiny_repository):
     logits = np.array([[0.1], [3.0], [-2.0], [1.0], [0.5], [2.5]], dtype=np.float32)
     counts = np.array([[64], [64], [20], [30], [64], [40]], dtype=np.int32)
     owners = np.array([[0], [0], [0], [1], [2], [2]], dtype=np.int32)
-    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts,
-                                             "PASSAGE_INDEX": owners})])[0].output_tensors
+    tokenized = np.zeros((6, 2), np.int64)
+    out = post.execute([pb.InferenceRequest({"LOGITS": logits, "TOKEN_COUNTS": counts, "PASSAGE_INDEX": owners,
+                                             "TOKENIZE_NS": tokenized})])[0].output_tensors
     assert out["INDEX"].tolist() == [[0], [2], [1]]
     assert out["LOGIT"][:, 0].tolist() == [3.0, 2.5, 1.0]
     assert out["TOKEN_COUNT"].tolist() == [[148], [104], [30]]

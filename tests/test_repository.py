@@ -30,7 +30,7 @@ def test_every_config_parses_and_names_match(tiny_repository):
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["tokenizer", "engine", "postprocess"]
     engine = names["engine"]
     assert engine.dynamic_batching.max_queue_delay_microseconds == 100
-    assert not engine.dynamic_batching.HasField("default_queue_policy"), "no queue bound unless asked for"
+    assert not engine.dynamic_batching.HasField("default_queue_policy"), "no queue policy unless asked for"
     assert [i.name for i in engine.input] == ["input_ids", "attention_mask"]
 
 
@@ -53,7 +53,7 @@ def test_every_template_parameter_is_documented():
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", readme, flags=re.M))
     used = set().union(*template_parameters().values())
     assert used <= documented, f"undocumented template parameters: {sorted(used - documented)}"
-    assert documented <= used | {"gpus", "profiles", "max_queue_size"}, f"documented but unused: {sorted(documented - used)}"
+    assert documented <= used | {"gpus", "profiles", "max_queue_size", "request_timeouts"}, f"documented but unused: {sorted(documented - used)}"
 
 
 @pytest.mark.parametrize("overrides,fragment", [

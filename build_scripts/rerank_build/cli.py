@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preferred-batch-sizes", dest="preferred_batch_sizes", type=_int_list)
     p.add_argument("--max-queue-delay-us", dest="max_queue_delay_us", type=int)
     p.add_argument("--max-queue-size", dest="max_queue_size", type=int)
+    p.add_argument("--request-timeouts", dest="request_timeouts", action="store_const", const=True,
+                   help="the engine drops requests still queued past their own timeout (a client's deadline), "
+                        "at the cost of Triton's payload prefetching (docs/operations.md, Deadlines)")
     p.add_argument("--admission-passages", dest="admission_passages", type=int,
                    help="passages in flight before the gateway answers 503 (default: 4 x largest preferred "
                         "batch x engine instances)")

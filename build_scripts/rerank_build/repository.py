@@ -48,6 +48,11 @@ CONTRACT = "rerank_contract"
 ADMISSION_DEPTH = 4
 
 
+#: The engine queue's default timeout under ``request_timeouts``: an hour, past any client deadline
+#: (the gateway's is 60 s); a request that sends its own ``timeout`` gets that instead.
+QUEUE_TIMEOUT_US = 3600 * 1_000_000
+
+
 class RepositoryError(ValueError):
     """Settings or artefacts that cannot make a valid repository."""
 
@@ -71,6 +76,7 @@ class RepositorySettings:
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 100
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
+    request_timeouts: bool = False  # the engine drops requests queued past their own timeout (see queue_policy)
     admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
     cpu_engine: str = "openvino"  # or onnxruntime (1.3-1.6x slower on mixed and long pairs; docs/cpu_engine.md)
@@ -155,12 +161,19 @@ class RepositorySettings:
         values["max_width"] = str(self.served_buckets[-1])
         values["preferred_batch_sizes"] = ", ".join(map(str, self.preferred_batch_sizes))
         values["instance_groups"] = instance_groups(self.gpus, self.instances_per_gpu, tuple(range(num_profiles)))
-        # A max_queue_size turns off Triton's payload prefetching: measured on Triton 2.51, a request
-        # that arrives while the engine is busy then waits for the batcher's 500 ms poll. Opt-in only.
-        values["queue_policy"] = (f"default_queue_policy {{ max_queue_size: {self.max_queue_size} }}"
-                                  if self.max_queue_size else "")
-        values.pop("gpus")
-        values.pop("max_queue_size")
+        # Any queue policy (a max_queue_size, per-request timeouts) turns off Triton's payload
+        # prefetching: measured on Triton 2.51, a request that arrives while the engine is busy then
+        # waits for the batcher's 500 ms poll (or the next arrival). Opt-in only (docs/operations.md).
+        policy = []
+        if self.request_timeouts:
+            # Triton lets a request only shorten the default timeout, and a default of 0 means none:
+            # so a default far past any deadline, which each request's own `timeout` then shortens.
+            policy.append(f"default_timeout_microseconds: {QUEUE_TIMEOUT_US} allow_timeout_override: true")
+        if self.max_queue_size:
+            policy.append(f"max_queue_size: {self.max_queue_size}")
+        values["queue_policy"] = f"default_queue_policy {{ {' '.join(policy)} }}" if policy else ""
+        for name in ("gpus", "max_queue_size", "request_timeouts"):
+            values.pop(name)
         return values
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
+
+from rerank_contract import names
 
 from .core import (
     ClientBase, PassageError, RerankResult, Retrying, ServerLimits, assemble, bisect_for, parse_errors, passage_error,
@@ -26,7 +28,7 @@ from .core import (
 from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
 )
-from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
+from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
 
 T = TypeVar("T")
 #: One attempt: (transport client, seconds left of the call's deadline) -> answer.
@@ -117,59 +119,83 @@ class AsyncRerankClient(ClientBase):
 
     async def rerank(self, query: str, passages: Sequence[str], top_n: int | None = None,
                      truncate: str | None = None, return_text: bool = False,
-                     timeout_s: float | None = None, chunk_overlap: int | None = None, errors: str | None = None) -> list[RerankResult]:
+                     timeout_s: float | None = None, chunk_overlap: int | None = None, errors: str | None = None,
+                     headers: Mapping[str, str] | None = None,
+                     timings: dict[str, float] | None = None) -> list[RerankResult]:
         """Results sorted by logit (best first); ``index`` refers to ``passages``. ``truncate``: NONE, END
         or CHUNK (every window of a long passage scored, the best kept; ``chunk_overlap`` tokens shared).
-        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included.
+        ``timeout_s`` (default: the client's) bounds the whole call, the limits' first read included;
+        what is left of it goes with each request as Triton's own timeout.
         ``errors="per_passage"``: a pair too long for ``truncate=NONE`` fails only its passage, which comes
-        after the scored ones with ``error`` set (:class:`PassageError`); default ``raise``: the call fails."""
+        after the scored ones with ``error`` set (:class:`PassageError`); default ``raise``: the call fails.
+        ``headers`` go with this call's requests beside the client's (e.g. a W3C ``traceparent``, which
+        Triton's tracing joins). ``timings``, where the ensemble reports them (``stage_ns``), gets each of
+        ``names.STAGES`` in seconds: the longest among this call's requests (they run concurrently)."""
         per_passage = parse_errors(errors)
         if not passages:  # nothing to rank: validate the arguments, ask the server nothing
             self._plan(query, passages, top_n, truncate, chunk_overlap, ServerLimits())
             return []
         budget = timeout_s if timeout_s is not None else self.settings.timeout_s
         deadline = time.monotonic() + budget
-        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, await self._read_limits(deadline))
+        limits = await self._read_limits(deadline)
+        mode, chunks = self._plan(query, passages, top_n, truncate, chunk_overlap, limits)
         mode = replace(mode, per_passage=per_passage)
+        stages = timings is not None and limits.stage_timings
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def bounded(chunk: list[int]) -> list[tuple[list[int], RawResult | PassageError]]:
             async with semaphore:
-                return await self._send_chunk(query, passages, chunk, mode, deadline)
+                return await self._send_chunk(query, passages, chunk, mode, deadline, headers, stages)
 
         tasks = [asyncio.ensure_future(bounded(c)) for c in chunks]
+        gathered = asyncio.gather(*tasks)
+        # A call cancelled from outside (its REST client left) ends its requests; what they raise then
+        # is nobody's news, so it is marked retrieved rather than logged as "never retrieved".
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            parts = await asyncio.wait_for(asyncio.gather(*tasks), timeout=max(0.0, deadline - time.monotonic()))
+            parts = await asyncio.wait_for(gathered, timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s") from None
         finally:
             for task in tasks:
                 task.cancel()
-        return assemble([pair for part in parts for pair in part], passages, top_n, return_text)
+        pairs = [pair for part in parts for pair in part]
+        if stages and timings is not None:
+            for _, raw in pairs:
+                if isinstance(raw, PassageError) or raw.stage_ns is None:
+                    continue
+                for name, ns in zip(names.STAGES, raw.stage_ns):
+                    timings[name] = max(timings.get(name, 0.0), float(ns) / 1e9)
+        return assemble(pairs, passages, top_n, return_text)
 
     async def _send_chunk(self, query: str, passages: Sequence[str], chunk: list[int], truncate: Truncation,
-                          deadline: float) -> list[tuple[list[int], RawResult | PassageError]]:
+                          deadline: float, headers: Mapping[str, str] | None = None, stages: bool = False,
+                          ) -> list[tuple[list[int], RawResult | PassageError]]:
         texts = [passages[i] for i in chunk]
         try:
-            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t), deadline)
+            result = await self._with_retry(lambda c, t: self._infer(c, query, texts, truncate, t, headers, stages),
+                                            deadline)
         except InvalidInputError as err:
             if truncate.per_passage and len(chunk) == 1 and isinstance(err, InputTooLongError):
                 return [(chunk, passage_error(err))]
             if bisect_for(err, len(chunk), truncate.per_passage):
                 half = len(chunk) // 2
-                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline)
-                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline))
+                return (await self._send_chunk(query, passages, chunk[:half], truncate, deadline, headers, stages)
+                        + await self._send_chunk(query, passages, chunk[half:], truncate, deadline, headers, stages))
             raise
         return [(chunk, result)]
 
-    async def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
+    async def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float,
+                     headers: Mapping[str, str] | None = None, stages: bool = False) -> RawResult:
         module = self.settings.module
-        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
+        sent = {**(self.settings.headers or {}), **headers} if headers else self.settings.headers
+        kwargs: dict[str, Any] = {"headers": sent, "parameters": truncate.parameters()}
+        kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = await client.infer(self.settings.model, build_inputs(module, query, texts),
-                                    outputs=build_outputs(module, truncate.chunked), **kwargs)
-        return parse_result(result, truncate.chunked)
+                                    outputs=build_outputs(module, truncate.chunked, stages), **kwargs)
+        return parse_result(result, truncate.chunked, stages)
 
     async def _attempt(self, call: Attempt[T], timeout_s: float) -> T:
         """One try, ended when ``timeout_s`` (what is left of the deadline) runs out."""

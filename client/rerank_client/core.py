@@ -47,6 +47,7 @@ class ServerLimits:
     max_bytes: int | None = None  # text bytes per request, every row's query and passage
     max_in_flight: int | None = None  # admission budget in passages (the REST gateway enforces it)
     model_fingerprint: str | None = None  # identity of the served model (None: a server that publishes none)
+    stage_timings: bool = False  # the ensemble has the stage_ns output (ours does; NIM's does not)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ServerLimits":
@@ -54,8 +55,10 @@ class ServerLimits:
         the tokenizer model uses (:func:`rerank_contract.limits.published_limits`)."""
         params = config_parameters(config)
         in_flight = params.get(names.MAX_PASSAGES_IN_FLIGHT)
+        outputs = config.get("config", config).get("output") or []
         return cls(**published_limits(config), max_in_flight=int(in_flight) if in_flight else None,
-                   model_fingerprint=params.get(names.MODEL_FINGERPRINT) or None)
+                   model_fingerprint=params.get(names.MODEL_FINGERPRINT) or None,
+                   stage_timings=any(o.get("name") == names.STAGE_NS for o in outputs))
 
     def padded(self, length: int) -> int:
         return rp.choose_bucket(length, self.buckets) if self.buckets else length

@@ -64,7 +64,8 @@ def classify(exc: BaseException) -> RerankError:
         if status in _INVALID_STATUS:
             cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
             return cls(message, status)
-        if status in _DEADLINE_STATUS:
+        # Triton's queue policy dropped it at its timeout (our deadline): retrying cannot beat it.
+        if status in _DEADLINE_STATUS or "Request timeout expired" in message:
             return DeadlineExceededError(message, status)
         loading = "has no available versions" in message or "is not ready" in message  # during a (re)start
         # A python-backend stub that died: Triton 2.51 never restarts it, but `rerank-build serve`'s

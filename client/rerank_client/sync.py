@@ -34,7 +34,7 @@ from .core import (
 from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
 )
-from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result
+from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
 
 T = TypeVar("T")
 #: One attempt: (transport client, seconds left of the call's deadline) -> answer.
@@ -292,6 +292,7 @@ class RerankClient(ClientBase):
     def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
         module = self.settings.module
         kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
+        kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s
         result = client.infer(self.settings.model, build_inputs(module, query, texts),

@@ -29,6 +29,7 @@ class RawResult:
     logit: np.ndarray  # float32 [N]
     token_count: np.ndarray  # int32 [N]
     chunks: np.ndarray | None = None  # int32 [N], windows scored per passage (asked for under CHUNK)
+    stage_ns: np.ndarray | None = None  # int64 [3], names.STAGES of this request (asked for with timings)
 
 
 @dataclass(frozen=True)
@@ -97,21 +98,34 @@ def build_inputs(module: Any, query: "str | bytes", passages: Sequence["str | by
     return inputs
 
 
-def build_outputs(module: Any, chunked: bool = False) -> list:
-    return [module.InferRequestedOutput(name) for name in OUTPUTS + ((names.CHUNKS,) if chunked else ())]
+def build_outputs(module: Any, chunked: bool = False, stages: bool = False) -> list:
+    extra = ((names.CHUNKS,) if chunked else ()) + ((names.STAGE_NS,) if stages else ())
+    return [module.InferRequestedOutput(name) for name in OUTPUTS + extra]
+
+
+def server_timeout_us(timeout_s: float) -> int:
+    """Triton's per-request ``timeout`` (microseconds) for what is left of a call's deadline.
+
+    Triton drops a request still queued at a dynamically batched model (the engine) once this has
+    passed, before it costs engine time, where the model's queue policy allows per-request timeouts
+    (``rerank-build repository --request-timeouts``); elsewhere Triton ignores it. At least 1: 0
+    would mean "no timeout"."""
+    return max(1, int(timeout_s * 1_000_000))
 
 
 def request_parameters(truncate: str | None, chunk_overlap: int | None = None) -> dict[str, Any] | None:
     return Truncation(truncate, chunk_overlap).parameters()
 
 
-def parse_result(result: Any, chunked: bool = False) -> RawResult:
+def parse_result(result: Any, chunked: bool = False, stages: bool = False) -> RawResult:
     """A tritonclient InferResult (either protocol) as flat numpy arrays."""
     index, logit, count = (result.as_numpy(name) for name in OUTPUTS)
     chunks = result.as_numpy(names.CHUNKS) if chunked else None
+    stage_ns = result.as_numpy(names.STAGE_NS) if stages else None
     return RawResult(index.reshape(-1).astype(np.int32), logit.reshape(-1).astype(np.float32),
                      count.reshape(-1).astype(np.int32),
-                     None if chunks is None else chunks.reshape(-1).astype(np.int32))
+                     None if chunks is None else chunks.reshape(-1).astype(np.int32),
+                     None if stage_ns is None or not len(stage_ns) else stage_ns.reshape(len(stage_ns), -1)[0])
 
 
 def infer_once(url: str, protocol: str, model_name: str, query: "str | bytes",

@@ -28,6 +28,10 @@ INDEX = "index"  # INT32, positions in the request, best first
 LOGIT = "logit"  # FP32, raw model logits, descending
 TOKEN_COUNT = "token_count"  # INT32, tokens scored per pair (BOS included; every window under CHUNK)
 CHUNKS = "chunks"  # INT32, windows scored per pair (1 unless truncate=CHUNK split it); our extension
+#: INT64 [N, 3], our extension, asked for by the gateway: nanoseconds this request spent tokenizing,
+#: from the tokenizer's end to postprocessing (the engine's queue and compute), and postprocessing.
+STAGE_NS = "stage_ns"
+STAGES: tuple[str, ...] = ("tokenize", "engine", "postprocess")  # the columns of STAGE_NS
 INPUTS: tuple[str, ...] = (QUERY, PASSAGE)
 OUTPUTS: tuple[str, ...] = (INDEX, LOGIT, TOKEN_COUNT)  # NIM's outputs; CHUNKS is requested with CHUNK
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ import tempfile
 import uvicorn
 
 from .settings import add_arguments, parse_args
+from .tracing import log_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     made = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rerank-gateway-metrics-")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = log_config(settings.log_level)  # every line carries the request's X-Request-Id
+    logging.config.dictConfig(config)
     try:
         uvicorn.run("rerank_gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, log_level=settings.log_level, access_log=settings.access_log,
-                    timeout_graceful_shutdown=10)
+                    timeout_graceful_shutdown=10, log_config=config)
     finally:
         if made:
             shutil.rmtree(made, ignore_errors=True)

@@ -35,6 +35,8 @@ CACHE_MISSES = Counter("rerank_gateway_cache_misses_total", "Passages looked up 
                        "(scored by Triton)")
 CACHE_ENTRIES = Gauge("rerank_gateway_cache_entries", "Pair scores held by the score cache", multiprocess_mode="livesum")
 CACHE_BYTES = Gauge("rerank_gateway_cache_bytes", "Bytes held by the score cache", multiprocess_mode="livesum")
+DISCONNECTS = Counter("rerank_gateway_client_disconnects_total",
+                      "Requests whose client went away before the answer: cancelled, with their Triton calls")
 IN_FLIGHT = Gauge("rerank_gateway_requests_in_flight", "REST requests being answered", multiprocess_mode="livesum")
 
 

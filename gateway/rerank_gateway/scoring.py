@@ -20,8 +20,9 @@ from rerank_contract import names
 from rerank_contract import prompt as rp
 from rerank_contract.names import triton_model_name
 
-from . import metrics
+from . import metrics, tracing
 from .admission import Admission, Overloaded
+from .deadlines import budget_s
 from .errors import ApiError
 from .score_cache import Entry, Lookup, ScoreCache, request_keys
 from .settings import GatewaySettings
@@ -252,6 +253,8 @@ class Scorer:
     async def _score(self, query: str, passages: list[str], truncate: str | None, chunk_overlap: int | None,
                      errors: str | None) -> list[RerankResult]:
         """Triton's results for ``passages`` (indices into them), under admission."""
+        trace = tracing.current()
+        timeout_s = budget_s(trace, self.settings.deadline_header, self.settings.timeout_s)
         admission = await self.admission()
         charge = (0, 0)
         tokens = 0
@@ -260,15 +263,22 @@ class Scorer:
             charge = self._admit(admission, len(passages), tokens)
         metrics.PASSAGES_IN_FLIGHT.inc(len(passages))
         metrics.TOKENS_IN_FLIGHT.inc(tokens)
+        started = time.monotonic()
+        stages: dict[str, float] = {}
         try:
             results = await self.client.rerank(query, passages, truncate=truncate, chunk_overlap=chunk_overlap,
-                                               errors=errors)
+                                               errors=errors, timeout_s=timeout_s,
+                                               headers=trace.triton_headers() if trace else None, timings=stages)
         except InvalidInputError:
             raise
         except RerankError:
             self._forget_identity()  # Triton failed: it may come back serving another model
             raise
         finally:
+            if trace is not None:  # Server-Timing: Triton's round trips, then the ensemble's own stages
+                trace.stage("triton", time.monotonic() - started)
+                for name, seconds in stages.items():
+                    trace.stage(name, seconds)
             metrics.PASSAGES_IN_FLIGHT.dec(len(passages))
             metrics.TOKENS_IN_FLIGHT.dec(tokens)
             if admission:

@@ -76,6 +76,11 @@ class GatewaySettings(BaseSettings):
     max_passages: int = setting(1000, "passages per REST request (published as `max_passages_per_request`)", ge=1)
     max_body_bytes: int = setting(32 * 1024 * 1024, "bytes per request body (published as `max_body_bytes`)", ge=1)
     timeout_s: float = setting(60.0, "deadline of one REST request, retries included (504 past it)", gt=0)
+    deadline_header: str = setting(
+        "x-envoy-expected-rq-timeout-ms", "request header with the client's deadline in milliseconds (Envoy's name, "
+        "set by Envoy and Istio from a route's timeout); a request's budget is the smaller of it and `timeout_s`, "
+        "and Triton drops its work still queued past it (docs/operations.md, \"Deadlines\")",
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
     ride_through_s: float = setting(
         30.0, "how long a request retries while Triton is unavailable (a restart), then 503", ge=0)
     triton_concurrency: int = setting(4, "Triton requests in flight per REST request", ge=1)

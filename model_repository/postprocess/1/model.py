@@ -5,6 +5,8 @@ whose), and gets the best of their logits, the sum of their tokens and their num
 The order is the contract's rule (``rerank_contract/ranking.py``, copied beside this file).
 """
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -33,13 +35,19 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            logits, counts, owners = (pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                                      for name in ("LOGITS", "TOKEN_COUNTS", "PASSAGE_INDEX"))
+            started = time.monotonic_ns()
+            logits, counts, owners, tokenized = (pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                                                 for name in ("LOGITS", "TOKEN_COUNTS", "PASSAGE_INDEX", "TOKENIZE_NS"))
             index, logit, token_count, chunks = rank(logits, counts.astype(np.int32), owners)
+            # Server-Timing's stages (the same on every row): tokenizing, from its end to here (the
+            # engine's queue and compute), and this step. One host, one monotonic clock.
+            stages = np.array([tokenized[0, 1] - tokenized[0, 0], started - tokenized[0, 1],
+                               time.monotonic_ns() - started], np.int64)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("INDEX", index),
                 pb_utils.Tensor("LOGIT", logit),
                 pb_utils.Tensor("TOKEN_COUNT", token_count),
                 pb_utils.Tensor("CHUNKS", chunks),
+                pb_utils.Tensor("STAGE_NS", np.tile(stages, (len(index), 1))),
             ]))
         return responses

@@ -10,6 +10,7 @@ only; nothing reaches the engine's batch.
 
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -38,6 +39,7 @@ class TritonPythonModel:
         return [self._tokenize(request) for request in requests]
 
     def _tokenize(self, request):
+        started = time.monotonic_ns()
         try:
             queries = pb_utils.get_input_tensor_by_name(request, names.QUERY).as_numpy().reshape(-1)
             passages = pb_utils.get_input_tensor_by_name(request, names.PASSAGE).as_numpy().reshape(-1)
@@ -52,4 +54,7 @@ class TritonPythonModel:
             pb_utils.Tensor("ATTENTION_MASK", batch.attention_mask),
             pb_utils.Tensor("TOKEN_COUNTS", batch.token_counts.reshape(-1, 1).astype(np.int32)),
             pb_utils.Tensor("PASSAGE_INDEX", batch.owners().reshape(-1, 1).astype(np.int32)),
+            # Server-Timing: when tokenizing started and ended, on every row (the postprocess step reads it)
+            pb_utils.Tensor("TOKENIZE_NS", np.tile(np.array([started, time.monotonic_ns()], np.int64),
+                                                   (batch.input_ids.shape[0], 1))),
         ])
