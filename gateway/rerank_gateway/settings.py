@@ -203,7 +203,7 @@ def flag(name: str) -> str:
 
 
 def _scalar(field: FieldInfo) -> type:
-    return field.annotation if field.annotation in (int, float, str, bool) else str
+    return cast(type, field.annotation) if field.annotation in (int, float, str, bool) else str
 
 
 def _describe(error: Any) -> str:
