@@ -79,7 +79,8 @@ def test_limits_are_read_from_the_server(server):
     with RerankClient(server.grpc_url) as client:
         assert client.limits == ServerLimits(TEST_LIMITS["max_rows"], TEST_LIMITS["max_request_tokens"], 8192,
                                              (64, 128, 256, 512, 1024, 2048, 4096, 8192),
-                                             TEST_LIMITS["max_request_bytes"], TEST_LIMITS["admission_passages"])
+                                             TEST_LIMITS["max_request_bytes"], TEST_LIMITS["admission_passages"],
+                                             stage_timings=True)  # the ensemble returns stage_ns
 
 
 @pytest.fixture(scope="module")
