@@ -31,7 +31,7 @@ from pathlib import Path
 import aiohttp
 
 from loadtests.overload import body, capacity
-from rerank_build.stack import ServingStack
+from rerank_serving.stack import ServingStack
 
 logger = logging.getLogger(__name__)
 HEADER = "x-envoy-expected-rq-timeout-ms"
@@ -111,7 +111,7 @@ def run(repositories: dict[bool, Path], passages: int, factor: float, phase_s: f
     for round_ in range(rounds):  # the two variants interleaved, as the machine is shared
         for timeouts in (False, True):
             with ServingStack(repositories[timeouts], log_dir=log_dir / f"{'timeouts' if timeouts else 'plain'}-{round_}",
-                              gateway_args=["--no-access-log", *([] if admission else ["--no-admission"])]) as stack:
+                              gateway_args=["--no-access-log", "--no-cache", *([] if admission else ["--no-admission"])]) as stack:
                 url = stack.rest_url + "/v1/ranking"
                 asyncio.run(capacity(url, payloads, clients, 3.0))  # warm-up
                 if not capacity_rps:

@@ -130,7 +130,7 @@ def measure(checkpoint: Path, onnx: Path, workloads: dict[str, list[Request]], l
 
     rows, needs, shares = [], [], {}
     repo = null_repository(checkpoint, onnx, out)
-    with ServingStack(repo, log_dir=log_dir / "host-ceiling", gateway_args=["--no-access-log", "--no-admission"]) \
+    with ServingStack(repo, log_dir=log_dir / "host-ceiling", gateway_args=["--no-access-log", "--no-admission", "--no-cache"]) \
             as stack, contextlib.closing(Paths(stack)) as paths:
         for name, requests in workloads.items():
             work = [(r.query, list(r.passages)) for r in requests]

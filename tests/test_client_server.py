@@ -81,7 +81,8 @@ def test_limits_are_read_from_the_server(server):
     fingerprint = limits.model_fingerprint
     assert limits == ServerLimits(TEST_LIMITS["max_rows"], TEST_LIMITS["max_tokens_per_request"], 8192,
                                   (64, 128, 256, 512, 1024, 2048, 4096, 8192),
-                                  TEST_LIMITS["max_bytes_per_request"], TEST_LIMITS["admission_passages"], fingerprint)
+                                  TEST_LIMITS["max_bytes_per_request"], TEST_LIMITS["admission_passages"], fingerprint,
+                                  stage_timings=True)  # the ensemble returns stage_ns
     assert fingerprint and len(fingerprint) == 32 and int(fingerprint, 16) >= 0, "the served model's identity"
 
 

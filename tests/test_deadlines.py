@@ -45,7 +45,7 @@ def timeouts_repository(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gated(timeouts_repository, tmp_path_factory):
     """(server, engine gate, tokenizer gate) on that repository."""
-    from rerank_build.server import TritonServer
+    from rerank_serving.server import TritonServer
 
     repository, engine, tokenizer = timeouts_repository
     tmp = tmp_path_factory.mktemp("deadlines-server")
@@ -64,8 +64,8 @@ def gated(timeouts_repository, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gated_gateway(gated, tmp_path_factory):
-    from rerank_build.server import free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import free_ports
+    from rerank_serving.stack import GatewayProcess
 
     server = gated[0]
     log = tmp_path_factory.mktemp("deadlines-gateway") / "gateway.log"

@@ -82,8 +82,10 @@ def test_model_metadata_and_published_limits(server, protocol):
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         max_batch = config["max_batch_size"]
     assert inputs == {"query": "BYTES", "passage": "BYTES"}
-    # NIM's three outputs, and ``chunks`` (windows per passage, our truncate=CHUNK extension).
-    assert outputs == {"index": "INT32", "logit": "FP32", "token_count": "INT32", "chunks": "INT32"}
+    # NIM's three outputs, ``chunks`` (windows per passage, our truncate=CHUNK extension) and ``stage_ns``
+    # (Server-Timing's stages, asked for by the gateway).
+    assert outputs == {"index": "INT32", "logit": "FP32", "token_count": "INT32", "chunks": "INT32",
+                       "stage_ns": "INT64"}
     assert max_batch == TEST_LIMITS["max_rows"]
     assert params["max_rows_per_request"] == str(TEST_LIMITS["max_rows"])
     assert params["max_tokens_per_request"] == str(TEST_LIMITS["max_tokens_per_request"])
@@ -274,7 +276,7 @@ def test_readme_curl_example(server):
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.loads(response.read())
     outputs = {o["name"]: o for o in answer["outputs"]}
-    assert set(outputs) == {"index", "logit", "token_count", "chunks"}
+    assert set(outputs) == {"index", "logit", "token_count", "chunks", "stage_ns"}  # all, none being asked for
     assert outputs["chunks"]["data"] == [1, 1], "one window each: nothing was chunked"
     assert outputs["index"]["datatype"] == "INT32" and outputs["index"]["shape"] == [2, 1]
     assert sorted(outputs["index"]["data"]) == [0, 1]

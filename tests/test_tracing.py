@@ -73,8 +73,8 @@ def environment(**values: str):
 @pytest.fixture(scope="module")
 def traced(tiny_repository, tmp_path_factory):
     """(receiver, tritonserver exporting its spans to it, gateway exporting to it, gateway that does not)."""
-    from rerank_build.server import TritonServer, free_ports
-    from rerank_build.stack import GatewayProcess
+    from rerank_serving.server import TritonServer, free_ports
+    from rerank_serving.stack import GatewayProcess
 
     tmp = tmp_path_factory.mktemp("tracing")
     with OtlpReceiver() as receiver:
