@@ -6,7 +6,7 @@ passages together, in one left-padded batch of mixed lengths, so padding bugs sh
 query we print the max absolute and relative difference and whether the ranking agrees; the command
 exits non-zero when any difference exceeds the tolerance or a ranking disagrees beyond ties.
 
-Tolerances (documented in the README): fp32 1e-4 absolute; fp16 5e-2; bf16 0.1; fp8 1.0. "Rankings
+Tolerances (documented in docs/build.md): fp32 1e-4 absolute; fp16 5e-2; bf16 0.1; fp8 1.0. "Rankings
 agree" ignores swaps of passages whose reference logits are closer than twice the tolerance: each
 score may move by up to the tolerance, so such a pair may swap within it.
 """

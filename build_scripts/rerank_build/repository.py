@@ -1,7 +1,7 @@
 """Assemble a deployable Triton model repository from the templates in ``model_repository/`` (shipped
 as the package data ``rerank_build.templates``).
 
-The fill step substitutes ``${name}`` placeholders (every one documented in the README's table),
+The fill step substitutes ``${name}`` placeholders (every one documented in docs/reference.md's template table),
 copies each model's ``1/`` files, the shared ``rerank_contract`` package, the tokenizer files and the
 engine artefact (ONNX for ``cpu``, a TensorRT plan for ``gpu``), then parses every generated
 ``config.pbtxt`` into Triton's ModelConfig protobuf. The result imports nothing from this checkout.
@@ -59,7 +59,7 @@ class RepositoryError(ValueError):
 
 @dataclass(frozen=True)
 class RepositorySettings:
-    """Every template parameter; the README's table documents each one."""
+    """Every template parameter; docs/reference.md's template table documents each one."""
 
     target: str = "cpu"
     ensemble_name: str = ENSEMBLE_NAME

@@ -7,7 +7,7 @@ limit unless CHUNK scores every window), so long passages fill it sooner.
 
 Without it, overload only lengthens Triton's queues: every request waits longer, until deadlines
 fail them all. Triton's own bound (``max_queue_size``) costs about 500 ms per request on 2.51 (see
-the README), so the budget lives here, in the public face. One :class:`Admission` per worker
+docs/build.md), so the budget lives here, in the public face. One :class:`Admission` per worker
 process; its event loop is single-threaded, so the counter needs no lock.
 """
 
