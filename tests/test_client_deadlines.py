@@ -123,10 +123,15 @@ def test_pool_is_made_once_by_concurrent_first_calls(monkeypatch):
                 client.rerank("q", PASSAGES, timeout_s=0.5)
             except DeadlineExceededError as exc:
                 return type(exc)
+            except ServerUnavailableError as exc:  # gRPC may end its connect attempt at that same deadline
+                return type(exc)
             return type(None)
 
-        assert run_all([first_call] * 8) == [DeadlineExceededError] * 8
-        client.close()
+        try:
+            failed = run_all([first_call] * 8)
+        finally:
+            client.close()
+        assert len(failed) == 8 and set(failed) <= {DeadlineExceededError, ServerUnavailableError}, failed
     assert len(made) == 1, f"{len(made)} pools made"
     time.sleep(0.2)
     leaked = [t for t in threading.enumerate() if t not in before and t.name.startswith("rerank-client")]
