@@ -1,12 +1,15 @@
 """Deadlines the server honours, and a client that hangs up cancels its work (docs/operations.md, "Deadlines").
 
-Against a real tritonserver whose repository was built with ``request_timeouts`` and whose tokenizer
-and engine are held at gates the test opens (tests/gated_models.py): no timing thresholds. Each test
-holds the engine (or the tokenizer) with a first request, lets a second one expire (or its client
-leave) behind it, opens the gate, then sends a third and waits for it: the engine runs in arrival
-order, so whatever the second request would have cost is spent by then. The engine's own token
-counter (``rerank_engine_tokens_total{kind="useful"}`` on Triton's metrics port) must have grown by
-the first and third requests' tokens only.
+Against real tritonservers whose tokenizer and engine are held at gates the test opens
+(tests/gated_models.py): no timing thresholds. The default repository (``deadlines`` on): the
+tokenizer and the engine read each request's ``deadline_ns`` parameter and drop it, uncomputed, once
+it cannot be answered in time; a repository built with ``--request-timeouts`` and ``--no-deadlines``:
+Triton's own queue policy drops it in the engine's queue. Each test holds the engine (or the
+tokenizer) with a first request, lets a second one expire (or its client leave) behind it, opens
+the gate, then sends a third and waits for it: the engine runs in arrival order, so whatever the
+second request would have cost is spent by then. The engine's own token counter
+(``rerank_engine_tokens_total{kind="useful"}`` on Triton's metrics port) must have grown by the first
+and third requests' tokens only.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import socket
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 import requests
 
 from gated_models import gate_model
 from rerank_build.repository import RepositorySettings, build_repository
 from rerank_client import DeadlineExceededError, RerankClient
+from rerank_contract import deadline
 from threads import Worker
 
 from conftest import TEST_LIMITS
@@ -31,24 +36,18 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]
 
 QUERY = "what do deadlines do"
 HEADER = "x-envoy-expected-rq-timeout-ms"
+#: The repositories under test: our steps' own deadline checks (the default), Triton's queue policy alone.
+VARIANTS = {"steps": {}, "queue_policy": {"request_timeouts": True, "deadlines": False}}
 
 
-@pytest.fixture(scope="module")
-def timeouts_repository(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
-    """The tiny repository built with per-request timeouts, its tokenizer and engine gated (open)."""
-    tmp = tmp_path_factory.mktemp("deadlines")
-    repository = build_repository(tiny_checkpoint, tmp / "repo",
-                                  RepositorySettings(**{**TEST_LIMITS, "request_timeouts": True}), onnx=tiny_onnx_fp32)
-    return repository, gate_model(repository, "engine", "input_ids", tmp), gate_model(repository, "tokenizer", "query", tmp)
-
-
-@pytest.fixture(scope="module")
-def gated(timeouts_repository, tmp_path_factory):
-    """(server, engine gate, tokenizer gate) on that repository."""
+def _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, variant: str):
+    """(server, engine gate, tokenizer gate) on the tiny repository built as ``variant`` (gates open)."""
     from rerank_serving.server import TritonServer
 
-    repository, engine, tokenizer = timeouts_repository
-    tmp = tmp_path_factory.mktemp("deadlines-server")
+    tmp = tmp_path_factory.mktemp(f"deadlines-{variant}")
+    repository = build_repository(tiny_checkpoint, tmp / "repo", RepositorySettings(**{**TEST_LIMITS, **VARIANTS[variant]}),
+                                  onnx=tiny_onnx_fp32)
+    engine, tokenizer = gate_model(repository, "engine", "input_ids", tmp), gate_model(repository, "tokenizer", "query", tmp)
     log = tmp / "tritonserver.log"
     server = TritonServer(repository, log_path=log)
     try:
@@ -56,6 +55,23 @@ def gated(timeouts_repository, tmp_path_factory):
     except Exception:
         print(log.read_text()[-5000:] if log.exists() else "no log")
         raise
+    return server, engine, tokenizer
+
+
+@pytest.fixture(scope="module")
+def gated(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
+    """The default repository (deadlines checked by the tokenizer and the engine), gated."""
+    server, engine, tokenizer = _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, "steps")
+    yield server, engine, tokenizer
+    engine.open()
+    tokenizer.open()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def queue_gated(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
+    """A repository where only Triton's queue policy honours deadlines (``--request-timeouts --no-deadlines``)."""
+    server, engine, tokenizer = _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, "queue_policy")
     yield server, engine, tokenizer
     engine.open()
     tokenizer.open()
@@ -87,11 +103,23 @@ def gates(gated):
     tokenizer.open()
 
 
-def useful_tokens(server) -> float:
+def triton_metric(server, pattern: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.ports.metrics}/metrics", timeout=10).read().decode()
-    found = re.search(r'rerank_engine_tokens_total\{kind="useful"\} ([0-9.e+]+)', text)
-    assert found, "the engine publishes its token counter"
+    found = re.search(pattern + r" ([0-9.e+]+)", text)
+    assert found, f"Triton publishes {pattern}"
     return float(found.group(1))
+
+
+def useful_tokens(server) -> float:
+    return triton_metric(server, r'rerank_engine_tokens_total\{kind="useful"\}')
+
+
+def tokenizer_answers(server) -> float:
+    return triton_metric(server, r'nv_inference_request_success\{model="tokenizer",[^}]*\}')
+
+
+def engine_expired(server) -> float:
+    return triton_metric(server, r'rerank_engine_dropped_requests_total\{reason="deadline"\}')
 
 
 def gateway_metric(gateway, name: str) -> float:
@@ -105,26 +133,110 @@ def rank(url: str, passage: str, headers: dict | None = None) -> requests.Respon
     return requests.post(url + "/v1/ranking", json=body, headers=headers or {}, timeout=120)
 
 
-def test_expired_request_costs_no_engine_time_grpc(gated, gates):
-    """The client library's deadline reaches Triton as the request's timeout: the engine's queue drops a
-    request that waited past it, and the caller gets DeadlineExceededError (not retried)."""
-    server, _, _ = gated
-    engine, _ = gates
-    before = useful_tokens(server)
+@pytest.mark.parametrize("variant", ["steps", "queue_policy"])
+def test_expired_request_costs_no_engine_time_grpc(variant, request):
+    """The client library's deadline reaches Triton (the ``deadline_ns`` parameter and the request's
+    ``timeout``); a request that waited past it behind a held engine is dropped before the engine
+    computes it (by the engine itself, or by Triton's queue policy), and the caller gets
+    DeadlineExceededError (not retried)."""
+    server, engine, tokenizer = request.getfixturevalue("gated" if variant == "steps" else "queue_gated")
+    engine.open()
+    tokenizer.open()
+    before, expired = useful_tokens(server), engine_expired(server)
     runs = len(engine.executions())
-    with RerankClient(server.grpc_url, "grpc", timeout_s=120, truncate="END") as client:
-        engine.close()
-        first = Worker(lambda: client.rerank(QUERY, ["the first passage holds the engine"]))
-        first.start()
-        engine.wait_for_executions(runs + 1)
-        with pytest.raises(DeadlineExceededError):
-            client.rerank(QUERY, ["the second passage waits past its deadline"], timeout_s=0.5)
+    try:
+        with RerankClient(server.grpc_url, "grpc", timeout_s=120, truncate="END") as client:
+            engine.close()
+            first = Worker(lambda: client.rerank(QUERY, ["the first passage holds the engine"]))
+            first.start()
+            engine.wait_for_executions(runs + 1)
+            with pytest.raises(DeadlineExceededError):
+                # 2 s: ample for the open tokenizer, so that the engine is where it expires
+                client.rerank(QUERY, ["the second passage waits past its deadline"], timeout_s=2.0)
+            engine.open()
+            held = first.check(120)
+            third = client.rerank(QUERY, ["the third passage comes after"])
+    finally:
         engine.open()
-        held = first.check(120)
-        third = client.rerank(QUERY, ["the third passage comes after"])
     spent = useful_tokens(server) - before
     assert spent == held[0].token_count + third[0].token_count, "the expired request was computed"
-    assert [rows for _, rows in engine.executions()[runs:]] == [1, 1]
+    if variant == "steps":  # handed to the engine, which dropped it uncomputed
+        assert [rows for _, rows in engine.executions()[runs:]] == [1, 1, 1]
+        assert engine_expired(server) == expired + 1
+    else:  # dropped in the engine's queue: the engine never saw it
+        assert [rows for _, rows in engine.executions()[runs:]] == [1, 1]
+        assert engine_expired(server) == expired
+
+
+def _raw_call(server, passage: str, due_ns: int):
+    """One ensemble request over gRPC carrying only the ``deadline_ns`` parameter: no RPC deadline, no
+    Triton ``timeout``, so nothing but our steps' own checks can drop it (and the call is never cancelled)."""
+    import tritonclient.grpc as grpcclient
+
+    from rerank_client.tensors import build_inputs, build_outputs
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        return client.infer("nvidia_llama_3_2_nv_rerankqa_1b_v2", build_inputs(grpcclient, QUERY, [passage]),
+                            outputs=build_outputs(grpcclient), parameters={deadline.DEADLINE_PARAMETER: due_ns})
+    finally:
+        client.close()
+
+
+def _wait_past(due_ns: int) -> None:
+    """Until the wall clock has passed ``due_ns``: the precondition, not a timing threshold."""
+    while time.time_ns() <= due_ns:
+        time.sleep(0.01)
+
+
+def test_tokenizer_drops_a_request_already_past_its_deadline(gated, gates):
+    """A request held in the tokenizer past its deadline is answered "Request timeout expired" by the
+    tokenizer; the engine never sees it."""
+    server, _, _ = gated
+    engine, tokenizer = gates
+    before, runs, steps = useful_tokens(server), len(engine.executions()), len(tokenizer.executions())
+    due = deadline.deadline_ns(0.3)
+    tokenizer.close()
+    call = Worker(_raw_call, server, "a passage held in the tokenizer", due)
+    call.start()
+    tokenizer.wait_for_executions(steps + 1)
+    _wait_past(due)
+    tokenizer.open()
+    call.join(120)
+    assert not call.is_alive()
+    assert call.error is not None and deadline.EXPIRED in str(call.error), call.error
+    assert "dropped by the tokenizer" in str(call.error)
+    fresh = _raw_call(server, "a passage with time to spare", deadline.deadline_ns(120))
+    assert np.isfinite(fresh.as_numpy("logit")).all()
+    assert [rows for _, rows in engine.executions()[runs:]] == [1], "the expired request reached the engine"
+    assert useful_tokens(server) - before == int(fresh.as_numpy("token_count").sum())
+
+
+def test_engine_drops_a_request_past_its_deadline_without_a_timeout(gated, gates):
+    """The deadline parameter alone (no Triton ``timeout``, no RPC deadline, no cancellation) is enough:
+    the engine answers the expired request "Request timeout expired" and computes only the others."""
+    server, _, _ = gated
+    engine, _ = gates
+    before, expired, runs = useful_tokens(server), engine_expired(server), len(engine.executions())
+    engine.close()
+    first = Worker(_raw_call, server, "the first passage holds the engine", deadline.deadline_ns(120))
+    first.start()
+    engine.wait_for_executions(runs + 1)
+    tokenized = tokenizer_answers(server)
+    due = deadline.deadline_ns(5.0)  # ample for the open tokenizer: the engine's queue is where it expires
+    second = Worker(_raw_call, server, "the second passage waits past its deadline", due)
+    second.start()
+    while tokenizer_answers(server) < tokenized + 1:  # the second request is in the engine's queue
+        time.sleep(0.01)
+    _wait_past(due)
+    engine.open()
+    held = first.check(120)
+    second.join(120)
+    assert not second.is_alive()
+    assert second.error is not None and "dropped by the engine" in str(second.error), second.error
+    spent = useful_tokens(server) - before
+    assert spent == int(held.as_numpy("token_count").sum()), "the expired request was computed"
+    assert engine_expired(server) == expired + 1
 
 
 def test_deadline_header_costs_no_engine_time(gated, gates, gated_gateway):
@@ -197,19 +309,25 @@ def test_request_timeouts_render_a_queue_policy_that_honours_them():
 
 
 @pytest.mark.slow
-def test_deadlines_tool_quick_run(tiny_repository, timeouts_repository, tmp_path):
-    """``loadtests.deadlines`` runs both repositories and accounts for every request and engine token."""
+def test_deadlines_tool_quick_run(tiny_checkpoint, tiny_onnx_fp32, tiny_repository, tmp_path):
+    """``loadtests.deadlines`` runs both repositories, with and without admission, and accounts for
+    every request and engine token."""
     from loadtests import deadlines
 
-    assert deadlines.main(["--repository", str(tiny_repository), "--timeouts-repository", str(timeouts_repository[0]),
+    off = build_repository(tiny_checkpoint, tmp_path / "off", RepositorySettings(**{**TEST_LIMITS, "deadlines": False}),
+                           onnx=tiny_onnx_fp32)
+    assert deadlines.main(["--repository", str(tiny_repository), "--off-repository", str(off), "--admission", "both",
                            "--label", "tiny", "--phase-s", "3", "--capacity-s", "3", "--deadline-ms", "300",
-                           "--out", str(tmp_path)]) == 0
-    report = json.loads((tmp_path / "deadlines-tiny.json").read_text())
+                           "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "deadlines-tiny.json").read_text())
     assert report["capacity_rps"] > 0
-    assert [p["request_timeouts"] for p in report["phases"]] == [False, True]
+    assert [(p["variant"], p["admission"]) for p in report["phases"]] == [
+        ("off", True), ("steps", True), ("off", False), ("steps", False)]
     for phase in report["phases"]:
         assert phase["requests"] > 0 and phase["ok"] > 0 and phase["other"] == 0, phase
         assert phase["ok"] + phase["expired_504"] + phase["rejected_503"] == phase["requests"], phase
         assert phase["engine_tokens"] >= phase["answered_tokens"] > 0, "the engine computed every answered token"
-    text = (tmp_path / "deadlines-tiny.md").read_text()
-    assert "| off | on | 2x | 300 ms |" in text and "| on | on | 2x | 300 ms |" in text
+        if phase["variant"] == "off":
+            assert phase["engine_expired"] == 0, "a repository built with --no-deadlines dropped work"
+    text = (tmp_path / "out" / "deadlines-tiny.md").read_text()
+    assert "| off | on | 2x | 300 ms |" in text and "| steps | off | 2x | 300 ms |" in text

@@ -241,3 +241,66 @@ def test_the_engine_takes_its_settings_from_the_repository_only(tiny_repository,
     config.write_text("\n".join(line for line in config.read_text().splitlines() if '"shape_cache"' not in line))
     with pytest.raises(ValueError, match=r"lacks the parameters \['shape_cache'\]"):
         load_model(repo, "engine")
+
+
+def _with_deadline(inputs_request, due_ns):
+    return pb.InferenceRequest({k: v.as_numpy() for k, v in inputs_request.inputs.items()},
+                               {"deadline_ns": due_ns})
+
+
+def test_engine_drops_requests_past_their_deadline_and_scores_the_rest_as_alone(tiny_repository):
+    import time
+
+    engine = load_model(tiny_repository, "engine")
+    alone = engine.execute([_engine_request([[128000, 10, 20, 30]])])[0].output_tensors["logits"]
+    now = time.time_ns()
+    outs = engine.execute([_with_deadline(_engine_request([[128000, 5, 6]]), now - 1),
+                           _with_deadline(_engine_request([[128000, 10, 20, 30]]), now + 60 * 10**9),
+                           _engine_request([[128000, 7, 8]])])
+    assert outs[0].error.code() == pb.TritonError.UNAVAILABLE
+    assert outs[0].error.message().startswith("Request timeout expired") and "engine" in outs[0].error.message()
+    np.testing.assert_array_equal(outs[1].output_tensors["logits"], alone)
+    assert outs[2].error is None, "a request without a deadline is never dropped"
+    assert engine.expired.value() == 1
+    assert engine.useful.value() == 4 + 4 + 3, "the dropped request's tokens were computed"
+
+
+def test_engine_drops_a_request_its_batch_cannot_finish_in_time(tiny_repository):
+    """At the engine's measured speed (here 1 s per token), a batch of 7 tokens ends 7 s from now: a
+    request due in 5 s is dropped before anything is computed, one due in an hour is scored."""
+    import time
+
+    engine = load_model(tiny_repository, "engine")
+    engine.rate.ns_per_token = 1e9
+    now = time.time_ns()
+    outs = engine.execute([_with_deadline(_engine_request([[128000, 5, 6]]), now + 5 * 10**9),
+                           _with_deadline(_engine_request([[128000, 10, 20, 30]]), now + 3600 * 10**9)])
+    assert outs[0].error is not None and "would take about" in outs[0].error.message()
+    assert outs[1].error is None and engine.useful.value() == 4
+    assert engine.rate.ns_per_token < 1e9, "the engine learns its speed from what it ran"
+
+
+def test_engine_with_deadlines_off_computes_everything(tiny_repository, tmp_path):
+    import shutil
+    import time
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repository / "engine", repo / "engine", symlinks=True)
+    config = repo / "engine" / "config.pbtxt"
+    config.write_text(config.read_text().replace('key: "deadlines" value: { string_value: "on" }',
+                                                 'key: "deadlines" value: { string_value: "off" }'))
+    engine = load_model(repo, "engine")
+    outs = engine.execute([_with_deadline(_engine_request([[128000, 5, 6]]), time.time_ns() - 10**9)])
+    assert outs[0].error is None and engine.useful.value() == 3 and engine.expired.value() == 0
+
+
+def test_tokenizer_drops_a_request_past_its_deadline(tokenizer_model):
+    import time
+
+    late = request(["a passage"], deadline_ns=time.time_ns() - 10**6)
+    due = request(["a passage"], deadline_ns=time.time_ns() + 60 * 10**9)
+    outs = tokenizer_model.execute([late, due, request(["a passage"])])
+    assert outs[0].error.code() == pb.TritonError.UNAVAILABLE
+    assert outs[0].error.message().startswith("Request timeout expired") and "tokenizer" in outs[0].error.message()
+    assert outs[1].error is None and outs[2].error is None
+    np.testing.assert_array_equal(outs[1].output_tensors["INPUT_IDS"], outs[2].output_tensors["INPUT_IDS"])

@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeouts", dest="request_timeouts", action="store_const", const=True,
                    help="the engine drops requests still queued past their own timeout (a client's deadline), "
                         "at the cost of Triton's payload prefetching (docs/operations.md, Deadlines)")
+    p.add_argument("--no-deadlines", dest="deadlines", action="store_const", const=False,
+                   help="the tokenizer and the CPU engine compute requests whose deadline has passed, or cannot be "
+                        "met, instead of dropping them (for measuring what the drops buy; docs/operations.md, Deadlines)")
     p.add_argument("--admission-passages", dest="admission_passages", type=int,
                    help="passages in flight before the gateway answers 503 (default: 4 x largest preferred "
                         "batch x engine instances)")

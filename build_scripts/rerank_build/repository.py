@@ -77,6 +77,7 @@ class RepositorySettings:
     max_queue_delay_us: int = 100
     max_queue_size: int = 0  # 0: no queue bound (see queue_policy in template_values)
     request_timeouts: bool = False  # the engine drops requests queued past their own timeout (see queue_policy)
+    deadlines: bool = True  # the tokenizer and the CPU engine drop requests that cannot meet their deadline
     admission_passages: int = 0  # 0: ADMISSION_DEPTH full preferred batches per engine instance
     # cpu target
     cpu_engine: str = "openvino"  # or onnxruntime (1.3-1.6x slower on mixed and long pairs; docs/cpu_engine.md)
@@ -172,6 +173,7 @@ class RepositorySettings:
         if self.max_queue_size:
             policy.append(f"max_queue_size: {self.max_queue_size}")
         values["queue_policy"] = f"default_queue_policy {{ {' '.join(policy)} }}" if policy else ""
+        values["deadlines"] = "on" if self.deadlines else "off"
         for name in ("gpus", "max_queue_size", "request_timeouts"):
             values.pop(name)
         return values

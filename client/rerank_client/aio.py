@@ -28,7 +28,9 @@ from .core import (
 from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
 )
-from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
+from .tensors import (
+    RawResult, Truncation, build_inputs, build_outputs, call_parameters, parse_result, server_timeout_us,
+)
 
 T = TypeVar("T")
 #: One attempt: (transport client, seconds left of the call's deadline) -> answer.
@@ -189,7 +191,7 @@ class AsyncRerankClient(ClientBase):
                      headers: Mapping[str, str] | None = None, stages: bool = False) -> RawResult:
         module = self.settings.module
         sent = {**(self.settings.headers or {}), **headers} if headers else self.settings.headers
-        kwargs: dict[str, Any] = {"headers": sent, "parameters": truncate.parameters()}
+        kwargs: dict[str, Any] = {"headers": sent, "parameters": call_parameters(truncate, timeout_s)}
         kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s

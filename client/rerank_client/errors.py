@@ -9,6 +9,8 @@ import socket
 import ssl
 import sys
 
+from rerank_contract import deadline
+
 
 class RerankError(Exception):
     """Base class; ``status`` is the gRPC status or HTTP code the server (or transport) gave."""
@@ -64,8 +66,8 @@ def classify(exc: BaseException) -> RerankError:
         if status in _INVALID_STATUS:
             cls = InputTooLongError if "exceeds maximum allowed token size" in message else InvalidInputError
             return cls(message, status)
-        # Triton's queue policy dropped it at its timeout (our deadline): retrying cannot beat it.
-        if status in _DEADLINE_STATUS or "Request timeout expired" in message:
+        # Dropped at its deadline (Triton's queue policy, or our tokenizer or engine): retrying cannot beat it.
+        if status in _DEADLINE_STATUS or deadline.EXPIRED in message:
             return DeadlineExceededError(message, status)
         loading = "has no available versions" in message or "is not ready" in message  # during a (re)start
         # A python-backend stub that died: Triton 2.51 never restarts it, but `rerank-build serve`'s

@@ -34,7 +34,9 @@ from .core import (
 from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
 )
-from .tensors import RawResult, Truncation, build_inputs, build_outputs, parse_result, server_timeout_us
+from .tensors import (
+    RawResult, Truncation, build_inputs, build_outputs, call_parameters, parse_result, server_timeout_us,
+)
 
 T = TypeVar("T")
 #: One attempt: (transport client, seconds left of the call's deadline) -> answer.
@@ -291,7 +293,7 @@ class RerankClient(ClientBase):
 
     def _infer(self, client: Any, query: str, texts: list[str], truncate: Truncation, timeout_s: float) -> RawResult:
         module = self.settings.module
-        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": truncate.parameters()}
+        kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": call_parameters(truncate, timeout_s)}
         kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
             kwargs["client_timeout"] = timeout_s

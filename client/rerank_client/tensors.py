@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rerank_contract import names
+from rerank_contract import deadline, names
 from rerank_contract.prompt import RerankInputError, Truncate, parse_truncate
 
 DEFAULT_ENSEMBLE_NAME = names.ENSEMBLE_NAME
@@ -111,6 +111,13 @@ def server_timeout_us(timeout_s: float) -> int:
     (``rerank-build repository --request-timeouts``); elsewhere Triton ignores it. At least 1: 0
     would mean "no timeout"."""
     return max(1, int(timeout_s * 1_000_000))
+
+
+def call_parameters(truncation: Truncation, timeout_s: float) -> dict[str, Any]:
+    """A request's parameters: its truncation, and the instant its deadline falls (``deadline_ns``,
+    wall clock), which every step of the ensemble reads: the tokenizer and the CPU engine drop a
+    request that cannot be answered by then (``rerank_contract.deadline``), wherever it waited."""
+    return {**(truncation.parameters() or {}), deadline.DEADLINE_PARAMETER: deadline.deadline_ns(timeout_s)}
 
 
 def request_parameters(truncate: str | None, chunk_overlap: int | None = None) -> dict[str, Any] | None:

@@ -13,6 +13,11 @@ The engine is reachable on its own, not only through the ensemble, so each reque
 shape, no empty row, no width past the longest bucket) and a bad one answers INVALID_ARGUMENT alone;
 a non-finite score is never returned.
 
+Deadlines (``rerank_contract.deadline``): with ``deadlines`` on, a request that cannot finish by the
+deadline its client sent (the ``deadline_ns`` parameter) at the engine's measured speed is answered
+UNAVAILABLE "Request timeout expired" before anything is computed for it, counted in
+``rerank_engine_dropped_requests_total{reason="deadline"}``; the others in its batch are scored as they would be alone.
+
 The runtime is OpenVINO or ONNX Runtime (``runtime`` parameter), same tensors either way. OpenVINO's
 ``precision``: ``bf16`` runs the linear layers in bf16 and the rest in fp32 (openvino_engine.py), ``f32``
 everything in fp32, ``auto`` (the default) bf16 where the CPU has AVX512-BF16 or AMX, else f32; bf16
@@ -22,13 +27,14 @@ port says how much of what the runtime computed was padding.
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from openvino_engine import cpu_has_bf16, openvino_runner
-from rerank_contract import engine_input
+from rerank_contract import deadline, engine_input
 
 # ONNX Runtime's CPU arena keeps the memory of the largest run it has seen: measured on the small
 # preset, 15 GB after a few 8k-token rows, for good. Runs wider than this give their arena chunks back
@@ -55,7 +61,7 @@ def onnxruntime_runner(path, threads):
 
 #: What config.pbtxt must give this model (filled from RepositorySettings by rerank-build repository).
 ENGINE_PARAMETERS = ("onnx_file", "intra_op_threads", "runtime", "precision", "shape_cache", "max_tokens_per_run",
-                     "max_width", "vocab_size")
+                     "max_width", "vocab_size", "deadlines")
 
 
 class TritonPythonModel:
@@ -91,6 +97,13 @@ class TritonPythonModel:
                                             description="Tokens the CPU engine ran: useful (in the mask) or padded")
         self.useful = self.tokens.Metric(labels={"kind": "useful"})
         self.padded = self.tokens.Metric(labels={"kind": "padded"})
+        self.deadlines = params["deadlines"] == "on"
+        self.rate = deadline.ServiceRate()
+        # The family is kept: Triton unregisters a metric family once its Python object is gone.
+        self.dropped = pb_utils.MetricFamily(
+            name="rerank_engine_dropped_requests_total", kind=pb_utils.MetricFamily.COUNTER,
+            description="Requests the CPU engine dropped uncomputed: by reason (deadline: it could not finish in time)")
+        self.expired = self.dropped.Metric(labels={"reason": "deadline"})
 
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
@@ -99,10 +112,14 @@ class TritonPythonModel:
         good = [k for k, problem in enumerate(problems) if problem is None]
         responses = [pb_utils.InferenceResponse(error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
                      if problem else None for problem in problems]
+        if self.deadlines and good:
+            good = self.drop_late(requests, masks, good, responses)
         if not good:
             return responses
         try:
+            started = time.monotonic_ns()
             logits = self.score([ids[k] for k in good], [masks[k] for k in good])
+            self.rate.observe(sum(int(masks[k].sum()) for k in good), time.monotonic_ns() - started)
         except Exception as exc:  # an engine failure fails these requests, not the server
             error = pb_utils.TritonError(f"engine failed: {exc}", pb_utils.TritonError.INTERNAL)
             return [r or pb_utils.InferenceResponse(error=error) for r in responses]
@@ -116,6 +133,18 @@ class TritonPythonModel:
                 responses[k] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     "engine produced a non-finite score", pb_utils.TritonError.INTERNAL))
         return responses
+
+    def drop_late(self, requests, masks, good, responses):
+        """Answer the requests that cannot finish by their deadline; return the others."""
+        now = time.time_ns()
+        deadlines = [deadline.deadline_of(requests[k].parameters()) for k in good]
+        late, predicted = deadline.late(deadlines, [int(masks[k].sum()) for k in good], now, self.rate.ns_per_token)
+        for j in late:
+            responses[good[j]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                deadline.expired_message("engine", deadlines[j], now, predicted), pb_utils.TritonError.UNAVAILABLE))
+        if late:
+            self.expired.increment(len(late))
+        return [k for j, k in enumerate(good) if j not in late]
 
     def score(self, ids, masks):
         """Logits [rows, 1] for the rows of all requests, in order (blocks may differ in width)."""

@@ -5,7 +5,9 @@ postprocess step which passage each row scores.
 
 All rules (template, BOS, truncation, errors) live in ``rerank_contract/prompt.py`` and the limits in
 ``rerank_contract/limits.py``; the repository assembly copies that package beside this file. Bad input answers INVALID_ARGUMENT for that request
-only; nothing reaches the engine's batch.
+only; nothing reaches the engine's batch. With ``deadlines`` on, a request already past the deadline
+its client sent (``rerank_contract.deadline``) is answered UNAVAILABLE "Request timeout expired"
+untokenized, so it never reaches the engine's queue.
 """
 
 import json
@@ -15,7 +17,7 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from rerank_contract import names
+from rerank_contract import deadline, names
 from rerank_contract import prompt as rp
 from rerank_contract.limits import config_parameters, limits_from_config
 
@@ -34,12 +36,19 @@ class TritonPythonModel:
         self.limits = limits_from_config(config)
         self.encoder = rp.PairEncoder(tokenizer, max_length=self.limits.max_sequence_length)
         self.pad_id = int(config_parameters(config)["pad_id"])
+        self.deadlines = config_parameters(config)["deadlines"] == "on"
 
     def execute(self, requests):
         return [self._tokenize(request) for request in requests]
 
     def _tokenize(self, request):
         started = time.monotonic_ns()
+        if self.deadlines:
+            due = deadline.deadline_of(request.parameters())
+            now = time.time_ns()
+            if due is not None and due < now:
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    deadline.expired_message("tokenizer", due, now), pb_utils.TritonError.UNAVAILABLE))
         try:
             queries = pb_utils.get_input_tensor_by_name(request, names.QUERY).as_numpy().reshape(-1)
             passages = pb_utils.get_input_tensor_by_name(request, names.PASSAGE).as_numpy().reshape(-1)
