@@ -26,15 +26,13 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
 
-from loadtests.overload import body, capacity
+from loadtests.overload import body, capacity, engine_counters
 from rerank_serving.stack import ServingStack
 
 logger = logging.getLogger(__name__)
@@ -60,21 +58,6 @@ class Phase:
     engine_queue_ms: float  # mean wait in the engine's queue of the requests it ran
     engine_expired: float  # requests the engine itself dropped (rerank_engine_dropped_requests_total)
     admission: bool = True
-
-
-def engine_counters(metrics_port: int) -> dict[str, float]:
-    """The engine's useful tokens, requests run and dropped at their timeout, and total queue time (us)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    patterns = {"tokens": r'rerank_engine_tokens_total\{kind="useful"\}',
-                "ran": r'nv_inference_request_success\{model="engine",[^}]*\}',
-                "dropped": r'nv_inference_request_failure\{model="engine",reason="REJECTED",[^}]*\}',
-                "queue_us": r'nv_inference_queue_duration_us\{model="engine",[^}]*\}',
-                "expired": r'rerank_engine_dropped_requests_total\{reason="deadline"\}'}
-    out = {}
-    for name, pattern in patterns.items():
-        found = re.search(pattern + r" ([0-9.e+]+)", text)
-        out[name] = float(found.group(1)) if found else (0.0 if name == "expired" else float("nan"))
-    return out
 
 
 async def _post(session: aiohttp.ClientSession, url: str, payload: dict, deadline_ms: int) -> tuple[int, int]:

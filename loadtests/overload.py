@@ -23,7 +23,9 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 class Outcome:
     status: int  # HTTP status; 0: no answer (connection error or client timeout)
     latency_s: float
+    tokens: int = 0  # the answer's usage.total_tokens (200s only)
 
 
 #: The gateway's flags for each admission mode (``tokens``: a token budget of ``--admission-tokens``).
@@ -61,6 +64,8 @@ class PhaseReport:
     p99_ok_s: float
     p99_rejected_s: float
     goodput_pairs_s: float
+    goodput_tokens_s: float = 0.0  # tokens of the 200 answers per second
+    engine_tokens_s: float = 0.0  # tokens the engine computed per second (rerank_engine_tokens_total, useful)
 
 
 def body(passages: int, seed: int, long: bool = False) -> dict:
@@ -79,9 +84,10 @@ async def _post(session: aiohttp.ClientSession, url: str, payload: dict) -> Outc
     started = time.perf_counter()
     try:
         async with session.post(url, json=payload) as response:
-            await response.read()
-            return Outcome(response.status, time.perf_counter() - started)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+            raw = await response.read()
+            tokens = json.loads(raw)["usage"]["total_tokens"] if response.status == 200 else 0
+            return Outcome(response.status, time.perf_counter() - started, tokens)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
         return Outcome(0, time.perf_counter() - started)
 
 
@@ -127,28 +133,47 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return percentiles(values) if values else {"p50": float("nan"), "p99": float("nan")}
 
 
+def engine_counters(metrics_port: int) -> dict[str, float]:
+    """Triton's counters of the engine: useful tokens computed, requests run, dropped by Triton's queue
+    at their timeout, dropped by the engine at their deadline, and total queue time (us)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    patterns = {"tokens": r'rerank_engine_tokens_total\{kind="useful"\}',
+                "ran": r'nv_inference_request_success\{model="engine",[^}]*\}',
+                "dropped": r'nv_inference_request_failure\{model="engine",reason="REJECTED",[^}]*\}',
+                "queue_us": r'nv_inference_queue_duration_us\{model="engine",[^}]*\}',
+                "expired": r'rerank_engine_dropped_requests_total\{reason="deadline"\}'}
+    out = {}
+    for name, pattern in patterns.items():
+        found = re.search(pattern + r" ([0-9.e+]+)", text)
+        out[name] = float(found.group(1)) if found else (0.0 if name == "expired" else float("nan"))
+    return out
+
+
 def summarize(admission: str, factor: float, rate: float, outcomes: list[Outcome], wall_s: float,
-              passages: int) -> PhaseReport:
+              passages: int, engine_tokens: float = 0.0) -> PhaseReport:
     ok = [o.latency_s for o in outcomes if o.status == 200]
     rejected = [o.latency_s for o in outcomes if o.status == 503]
     every, good, refused = (_percentiles(v) for v in ([o.latency_s for o in outcomes], ok, rejected))
     return PhaseReport(admission, factor, round(rate, 2), len(outcomes), len(ok), len(rejected),
                        len(outcomes) - len(ok) - len(rejected), every["p50"], every["p99"], good["p50"], good["p99"],
-                       refused["p99"], len(ok) * passages / wall_s)
+                       refused["p99"], len(ok) * passages / wall_s,
+                       sum(o.tokens for o in outcomes if o.status == 200) / wall_s, engine_tokens / wall_s)
 
 
 def table(reports: list[PhaseReport], capacity_rps: float, passages: int) -> str:
     lines = [f"Sustainable load: {capacity_rps:.2f} requests/s of {passages} passages "
              f"({capacity_rps * passages:.0f} pairs/s), measured closed loop.", "",
              "| admission | load | offered req/s | requests | 200 | 503 (rejected share) | other failures | "
-             "p50 / p99 all | p50 / p99 of 200s | p99 of 503s | goodput pairs/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "p50 / p99 all | p50 / p99 of 200s | p99 of 503s | goodput pairs/s | goodput tokens/s | "
+             "engine tokens/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         share = r.rejected_503 / r.requests if r.requests else 0.0
         lines.append(f"| {r.admission} | {r.factor:g}x | {r.offered_rps:.2f} | {r.requests} | "
                      f"{r.ok} | {r.rejected_503} ({share:.0%}) | {r.other_failures} | "
                      f"{r.p50_all_s:.2f} / {r.p99_all_s:.2f} s | {r.p50_ok_s:.2f} / {r.p99_ok_s:.2f} s | "
-                     f"{r.p99_rejected_s * 1000:.0f} ms | {r.goodput_pairs_s:.0f} |")
+                     f"{r.p99_rejected_s * 1000:.0f} ms | {r.goodput_pairs_s:.0f} | {r.goodput_tokens_s:,.0f} | "
+                     f"{r.engine_tokens_s:,.0f} |")
     return "\n".join(lines)
 
 
@@ -158,8 +183,8 @@ def run(repository: Path, passages: int, factors: list[float], phase_s: float, c
     payloads = payloads_for(workload, passages, seed)
     reports: list[PhaseReport] = []
     capacity_rps = 0.0
-    for admission in modes:
-        with ServingStack(repository, log_dir=log_dir / f"admission-{admission}",
+    for n, admission in enumerate(modes):  # a mode may repeat: runs interleaved on a shared machine
+        with ServingStack(repository, log_dir=log_dir / f"admission-{admission}-{n}",
                           gateway_args=["--no-access-log", "--no-cache", *MODES[admission]]) as stack:
             url = stack.rest_url + "/v1/ranking"
             asyncio.run(capacity(url, payloads, clients, 3.0))  # warm-up
@@ -169,9 +194,11 @@ def run(repository: Path, passages: int, factors: list[float], phase_s: float, c
             for factor in factors:
                 rate = factor * capacity_rps
                 logger.info("admission %s, %gx: %.2f requests/s for %.0f s", admission, factor, rate, phase_s)
+                before = engine_counters(stack.ports.metrics)
                 outcomes, wall = asyncio.run(open_loop(url, payloads, rate, phase_s, seed))
-                reports.append(summarize(admission, factor, rate, outcomes, wall, passages))
-                time.sleep(1.0)
+                time.sleep(1.0)  # whatever still runs in the engine finishes and is counted
+                spent = engine_counters(stack.ports.metrics)["tokens"] - before["tokens"]
+                reports.append(summarize(admission, factor, rate, outcomes, wall, passages, spent))
     return capacity_rps, reports
 
 
@@ -187,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("build/reports/overload"))
     p.add_argument("--workload", choices=["short", "mixed"], default="short",
                    help="mixed: every fifth request carries long passages (300-1,000 words)")
-    p.add_argument("--modes", default="on,off", help=f"admission per run, of {', '.join(MODES)}")
+    p.add_argument("--modes", default="on,off",
+                   help=f"admission per run, of {', '.join(MODES)}; repeat to interleave, e.g. passages,tokens,passages,tokens")
     p.add_argument("--admission-tokens", type=int, default=32768, help="the token budget of the 'tokens' mode")
     args = p.parse_args(argv)
     MODES["tokens"] = ["--admission-tokens", str(args.admission_tokens)]

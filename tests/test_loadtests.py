@@ -207,6 +207,8 @@ def test_overload_quick_run(tiny_repository, tmp_path):
         requests, ok, rejected = int(row["requests"]), int(row["200"]), numbers(row["503 (rejected share)"])[0]
         assert requests > 0 and ok > 0 and ok + rejected + int(row["other failures"]) == requests, row
         assert row["other failures"] == "0" and sane(numbers(row["goodput pairs/s"])[0]), row
+        answered, computed = numbers(row["goodput tokens/s"])[0], numbers(row["engine tokens/s"])[0]
+        assert 0 < answered <= computed * 1.001, f"the engine computed fewer tokens than were answered: {row}"
     assert numbers(rows["off"]["503 (rejected share)"])[0] == 0, "without admission nothing is refused"
 
 

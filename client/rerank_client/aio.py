@@ -7,7 +7,11 @@ of one call run concurrently under a semaphore.
 
 Deadline: a call's ``timeout_s`` bounds all of it (the limits' first read, every attempt, the waits
 between them, halves of a request the server found too large): each attempt runs under
-``asyncio.wait_for`` with what is left (and, over gRPC, as the RPC's deadline too).
+``asyncio.wait_for`` with what is left. A scoring RPC is not cancelled when that wait runs out: the
+server drops a request past its deadline and answers by itself, and the RPC's own gRPC deadline
+(:data:`~rerank_client.tensors.RPC_GRACE_S` later) ends it otherwise (over HTTP it is cancelled); cancelling at the instant the
+server answers crashes Triton 2.51 (see ``RPC_GRACE_S``). A caller that cancels (a REST client that
+hung up) still cancels the RPC.
 
 Concurrency: any number of coroutines may share one client, on the event loop it was first used on
 (gRPC's aio channels belong to one loop); it is not for several threads or loops.
@@ -29,7 +33,7 @@ from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
 )
 from .tensors import (
-    RawResult, Truncation, build_inputs, build_outputs, call_parameters, parse_result, server_timeout_us,
+    RPC_GRACE_S, RawResult, Truncation, build_inputs, build_outputs, call_parameters, parse_result, server_timeout_us,
 )
 
 T = TypeVar("T")
@@ -194,18 +198,25 @@ class AsyncRerankClient(ClientBase):
         kwargs: dict[str, Any] = {"headers": sent, "parameters": call_parameters(truncate, timeout_s)}
         kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
         if self.settings.protocol == "grpc":
-            kwargs["client_timeout"] = timeout_s
+            kwargs["client_timeout"] = timeout_s + RPC_GRACE_S  # the server answers at the deadline itself
         result = await client.infer(self.settings.model, build_inputs(module, query, texts),
                                     outputs=build_outputs(module, truncate.chunked, stages), **kwargs)
         return parse_result(result, truncate.chunked, stages)
 
     async def _attempt(self, call: Attempt[T], timeout_s: float) -> T:
-        """One try, ended when ``timeout_s`` (what is left of the deadline) runs out."""
+        """One try, ended when ``timeout_s`` (what is left of the deadline) runs out; the RPC itself is
+        left to end on its own then (module docstring), and cancelled only with the caller."""
+        attempt = asyncio.ensure_future(call(self._connection(), timeout_s))
+        grpc = self.settings.protocol == "grpc"  # over HTTP Triton cancels nothing: no race to avoid
         try:
-            return await asyncio.wait_for(call(self._connection(), timeout_s), timeout=timeout_s)
+            return await asyncio.wait_for(asyncio.shield(attempt) if grpc else attempt, timeout=timeout_s)
         except asyncio.TimeoutError:
+            attempt.add_done_callback(_forget)
             raise DeadlineExceededError(f"no answer within the {timeout_s:.2f}s left of the deadline",
                                         "timeout") from None
+        except asyncio.CancelledError:
+            attempt.cancel()
+            raise
 
     async def _with_retry(self, call: Attempt[T], deadline: float) -> T:
         retrying = Retrying(self.retry, deadline, lambda: self._closed)
@@ -216,3 +227,9 @@ class AsyncRerankClient(ClientBase):
                 raise
             except Exception as exc:  # noqa: BLE001 - classified by Retrying
                 await asyncio.sleep(retrying.failed(exc))
+
+
+def _forget(attempt: "asyncio.Future[Any]") -> None:
+    """Retrieve an abandoned attempt's outcome, so that asyncio does not log it as never retrieved."""
+    if not attempt.cancelled():
+        attempt.exception()

@@ -6,7 +6,9 @@ connection errors, merged, and cut to ``top_n`` globally.
 
 Deadline: a call's ``timeout_s`` bounds all of it (reading the server's limits, every attempt, the
 waits between them, the halves of a request the server found too large); each attempt gets only
-what is left of it. gRPC carries it as the RPC's deadline; over HTTP the attempt runs under a timer
+what is left of it. Over gRPC the caller waits that long for the answer, while the RPC's own deadline
+is ``RPC_GRACE_S`` later: the server answers a request past its deadline by itself, and a cancellation
+at that instant crashes Triton 2.51 (``tensors.RPC_GRACE_S``). Over HTTP the attempt runs under a timer
 of that length on a pool thread, so a server that accepts and never answers costs the deadline, not
 the connection's network timeout.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -35,7 +37,7 @@ from .errors import (
     ClientClosedError, DeadlineExceededError, InputTooLongError, InvalidInputError, ServerUnavailableError,
 )
 from .tensors import (
-    RawResult, Truncation, build_inputs, build_outputs, call_parameters, parse_result, server_timeout_us,
+    RPC_GRACE_S, RawResult, Truncation, build_inputs, build_outputs, call_parameters, parse_result, server_timeout_us,
 )
 
 T = TypeVar("T")
@@ -295,11 +297,33 @@ class RerankClient(ClientBase):
         module = self.settings.module
         kwargs: dict[str, Any] = {"headers": self.settings.headers, "parameters": call_parameters(truncate, timeout_s)}
         kwargs["timeout"] = server_timeout_us(timeout_s)  # dropped by Triton if still queued past it
+        inputs, outputs = build_inputs(module, query, texts), build_outputs(module, truncate.chunked)
         if self.settings.protocol == "grpc":
-            kwargs["client_timeout"] = timeout_s
-        result = client.infer(self.settings.model, build_inputs(module, query, texts),
-                              outputs=build_outputs(module, truncate.chunked), **kwargs)
+            result = self._grpc_infer(client, inputs, outputs, kwargs, timeout_s)
+        else:
+            result = client.infer(self.settings.model, inputs, outputs=outputs, **kwargs)
         return parse_result(result, truncate.chunked)
+
+    def _grpc_infer(self, client: Any, inputs: list, outputs: list, kwargs: dict[str, Any], timeout_s: float) -> Any:
+        """The answer within ``timeout_s``; past it DeadlineExceededError, the RPC left to end on its own
+        (the server answers a request past its deadline itself; the RPC's own deadline is
+        ``RPC_GRACE_S`` later): cancelling it at the instant the server answers crashes Triton 2.51."""
+        answer: Future = Future()
+
+        def done(result: Any, error: Any) -> None:
+            try:
+                answer.set_exception(error) if error is not None else answer.set_result(result)
+            except InvalidStateError:  # the caller stopped waiting (closed)
+                pass
+
+        client.async_infer(self.settings.model, inputs, done, outputs=outputs, client_timeout=timeout_s + RPC_GRACE_S,
+                           **kwargs)
+        finished, _ = wait([answer, self._closed_signal], timeout=timeout_s, return_when=FIRST_COMPLETED)
+        if answer in finished:
+            return answer.result()
+        if self._closed_signal in finished:
+            raise ClientClosedError("the client was closed while the call ran")
+        raise DeadlineExceededError(f"no answer within the {timeout_s:.2f}s left of the deadline", "timeout")
 
 
 def _close_quietly(client: Any) -> None:

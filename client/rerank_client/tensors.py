@@ -107,10 +107,22 @@ def server_timeout_us(timeout_s: float) -> int:
     """Triton's per-request ``timeout`` (microseconds) for what is left of a call's deadline.
 
     Triton drops a request still queued at a dynamically batched model (the engine) once this has
-    passed, before it costs engine time, where the model's queue policy allows per-request timeouts
-    (``rerank-build repository --request-timeouts``); elsewhere Triton ignores it. At least 1: 0
-    would mean "no timeout"."""
+    passed, counted from that model's own enqueue, where the model's queue policy allows per-request
+    timeouts (``rerank-build repository --request-timeouts``, for the TensorRT engine); elsewhere Triton
+    ignores it, and the ``deadline_ns`` parameter (:func:`call_parameters`) is what our steps honour.
+    At least 1: 0 would mean "no timeout"."""
     return max(1, int(timeout_s * 1_000_000))
+
+
+#: Seconds an RPC's own gRPC deadline runs past the call's deadline. Our server answers a request
+#: that cannot meet its deadline by itself ("Request timeout expired", from the tokenizer or the
+#: engine, at or just after the deadline), so the RPC normally ends with that answer and the client
+#: cancels nothing. A gRPC deadline at the very instant the server answers is a cancellation racing
+#: the response, which crashes Triton 2.51's gRPC frontend (SIGSEGV; triton-inference-server/server
+#: issues 7368 and 8034, fixed after 24.12): seen here under 2x overload with 1 s deadlines. The
+#: caller still gets its DeadlineExceededError at the deadline; only the RPC lingers, and at most
+#: this long when the server does not answer.
+RPC_GRACE_S = 2.0
 
 
 def call_parameters(truncation: Truncation, timeout_s: float) -> dict[str, Any]:
