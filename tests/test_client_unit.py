@@ -225,3 +225,90 @@ def test_several_grpc_endpoints_make_one_round_robin_target():
         grpc_target("localhost:8001,localhost")
     with pytest.raises(ValueError, match="several endpoints need protocol='grpc'"):
         ConnectionSettings("localhost:8003,localhost:8013", "http")
+
+
+# --- deadlines: the caller stops waiting, the RPC is left to the server's answer ------------------
+
+def test_classify_treats_a_drop_at_the_deadline_as_deadline_exceeded():
+    """Our tokenizer's and engine's drops say Triton's own phrase, behind the ensemble's prefix."""
+    from rerank_contract import deadline
+
+    dropped = InferenceServerException(f"in ensemble 'x', {deadline.expired_message('engine', 1, 2)}",
+                                       "StatusCode.UNAVAILABLE")
+    assert isinstance(classify(dropped), DeadlineExceededError) and not classify(dropped).retryable
+
+
+@pytest.mark.timeout(30)
+def test_sync_grpc_stops_waiting_at_the_deadline_without_cancelling_the_rpc():
+    """The RPC's own deadline is RPC_GRACE_S past the call's, and carries the deadline's instant; the
+    caller gets DeadlineExceededError at its deadline and the RPC is left to end with the server's answer
+    (a cancellation at that instant crashes Triton 2.51)."""
+    from rerank_client import RerankClient
+    from rerank_client.tensors import RPC_GRACE_S, Truncation
+
+    calls = []
+
+    class Transport:  # answers only when the test calls back; has nothing a client could cancel
+        def async_infer(self, model, inputs, callback, outputs=None, client_timeout=None, **kwargs):
+            calls.append((client_timeout, kwargs, callback))
+
+    client = RerankClient("localhost:1", "grpc")
+    try:
+        sent = time.time_ns()
+        with pytest.raises(DeadlineExceededError):
+            client._infer(Transport(), "q", ["p"], Truncation("END"), 0.2)
+        [(client_timeout, kwargs, callback)] = calls
+        assert client_timeout == pytest.approx(0.2 + RPC_GRACE_S)
+        assert kwargs["timeout"] == 200_000
+        assert sent + 2 * 10**8 <= kwargs["parameters"]["deadline_ns"] <= time.time_ns() + 2 * 10**8
+        assert kwargs["parameters"]["truncate"] == "END"
+        callback(None, InferenceServerException("Request timeout expired: dropped by the engine"))  # later: ignored
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("protocol,left_running", [("grpc", True), ("http", False)])
+def test_async_attempt_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol, left_running):
+    """gRPC: the attempt ends at the deadline, the RPC runs on until the server answers (released here by
+    the test, no timing); HTTP, where Triton cancels nothing, is cancelled as before. A caller that is
+    itself cancelled (a REST client that hung up) cancels the RPC either way."""
+    import asyncio
+
+    from rerank_client import AsyncRerankClient
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        release, started, outcomes = asyncio.Event(), asyncio.Event(), []
+
+        async def rpc(_transport, _left):
+            started.set()
+            try:
+                await release.wait()
+                outcomes.append("answered")
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+                raise
+
+        client = AsyncRerankClient("localhost:1", protocol)
+        client._connection = lambda: None  # type: ignore[method-assign]
+        with pytest.raises(DeadlineExceededError):
+            await client._attempt(rpc, 0.05)
+        release.set()
+        while not outcomes:
+            await asyncio.sleep(0.01)
+        first = list(outcomes)
+        outcomes.clear()
+        release.clear()
+        started.clear()
+        caller = asyncio.ensure_future(client._attempt(rpc, 30.0))
+        await started.wait()  # the attempt is waiting on the server
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        while not outcomes:
+            await asyncio.sleep(0.01)
+        return first, list(outcomes)
+
+    deadline_outcome, cancelled_outcome = asyncio.run(scenario())
+    assert deadline_outcome == (["answered"] if left_running else ["cancelled"])
+    assert cancelled_outcome == ["cancelled"]

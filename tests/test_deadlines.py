@@ -14,6 +14,7 @@ and third requests' tokens only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -40,42 +41,35 @@ HEADER = "x-envoy-expected-rq-timeout-ms"
 VARIANTS = {"steps": {}, "queue_policy": {"request_timeouts": True, "deadlines": False}}
 
 
+@contextlib.contextmanager
 def _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, variant: str):
-    """(server, engine gate, tokenizer gate) on the tiny repository built as ``variant`` (gates open)."""
+    """(server, engine gate, tokenizer gate) on the tiny repository built as ``variant``; gates open."""
     from rerank_serving.server import TritonServer
 
     tmp = tmp_path_factory.mktemp(f"deadlines-{variant}")
     repository = build_repository(tiny_checkpoint, tmp / "repo", RepositorySettings(**{**TEST_LIMITS, **VARIANTS[variant]}),
                                   onnx=tiny_onnx_fp32)
     engine, tokenizer = gate_model(repository, "engine", "input_ids", tmp), gate_model(repository, "tokenizer", "query", tmp)
-    log = tmp / "tritonserver.log"
-    server = TritonServer(repository, log_path=log)
     try:
-        server.start(timeout_s=180)
-    except Exception:
-        print(log.read_text()[-5000:] if log.exists() else "no log")
-        raise
-    return server, engine, tokenizer
+        with TritonServer(repository, log_path=tmp / "tritonserver.log").start(timeout_s=180) as server:
+            yield server, engine, tokenizer
+    finally:
+        engine.open()
+        tokenizer.open()
 
 
 @pytest.fixture(scope="module")
 def gated(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
     """The default repository (deadlines checked by the tokenizer and the engine), gated."""
-    server, engine, tokenizer = _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, "steps")
-    yield server, engine, tokenizer
-    engine.open()
-    tokenizer.open()
-    server.stop()
+    with _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, "steps") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def queue_gated(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory):
     """A repository where only Triton's queue policy honours deadlines (``--request-timeouts --no-deadlines``)."""
-    server, engine, tokenizer = _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, "queue_policy")
-    yield server, engine, tokenizer
-    engine.open()
-    tokenizer.open()
-    server.stop()
+    with _gated_server(tiny_checkpoint, tiny_onnx_fp32, tmp_path_factory, "queue_policy") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +110,11 @@ def useful_tokens(server) -> float:
 
 def tokenizer_answers(server) -> float:
     return triton_metric(server, r'nv_inference_request_success\{model="tokenizer",[^}]*\}')
+
+
+def engine_cancelled(server) -> float:
+    """Engine requests Triton refused as cancelled before they ran."""
+    return triton_metric(server, r'nv_inference_request_failure\{model="engine",reason="CANCELED",[^}]*\}')
 
 
 def engine_expired(server) -> float:
@@ -243,13 +242,14 @@ def test_deadline_header_costs_no_engine_time(gated, gates, gated_gateway):
     """On REST, the deadline header does the same: 504 for the caller, no engine time for its work."""
     server, _, _ = gated
     engine, _ = gates
-    before = useful_tokens(server)
+    before, expired = useful_tokens(server), engine_expired(server)
     runs = len(engine.executions())
     engine.close()
     first = Worker(lambda: rank(gated_gateway.url, "the first passage holds the engine"))
     first.start()
     engine.wait_for_executions(runs + 1)
-    late = rank(gated_gateway.url, "the second passage waits past its deadline", {HEADER: "500"})
+    # 2 s: ample for the open tokenizer, so that the engine is where it expires
+    late = rank(gated_gateway.url, "the second passage waits past its deadline", {HEADER: "2000"})
     assert late.status_code == 504, late.text
     engine.open()
     held = first.check(120)
@@ -257,14 +257,16 @@ def test_deadline_header_costs_no_engine_time(gated, gates, gated_gateway):
     assert held.status_code == third.status_code == 200
     spent = useful_tokens(server) - before
     assert spent == held.json()["usage"]["total_tokens"] + third.json()["usage"]["total_tokens"]
+    assert engine_expired(server) == expired + 1
 
 
 def test_disconnected_client_cancels_its_queued_work(gated, gates, gated_gateway):
     """A client that hangs up while its request waits in Triton (here: in the tokenizer) cancels it: the
-    gateway cancels the gRPC call and Triton schedules no further step, so the engine never sees it."""
+    gateway cancels the gRPC call and Triton refuses the request's next step as cancelled, so the engine
+    never computes it."""
     server, _, _ = gated
     engine, tokenizer = gates
-    before = useful_tokens(server)
+    before, cancels = useful_tokens(server), engine_cancelled(server)
     disconnects = gateway_metric(gated_gateway, "rerank_gateway_client_disconnects_total")
     steps = len(tokenizer.executions())
     tokenizer.close()
@@ -283,6 +285,8 @@ def test_disconnected_client_cancels_its_queued_work(gated, gates, gated_gateway
     assert third.status_code == 200, third.text
     spent = useful_tokens(server) - before
     assert spent == third.json()["usage"]["total_tokens"], "the engine computed the cancelled request"
+    # The ensemble still hands the next step over, and Triton refuses it there as cancelled, unrun.
+    assert engine_cancelled(server) == cancels + 1, "Triton did not cancel the request at the engine"
     log = gated_gateway.log_path.read_text()
     assert re.search(r"\[leaving-client\].*client disconnected", log), log[-2000:]
     assert "never retrieved" not in log, log[-2000:]
