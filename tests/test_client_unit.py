@@ -269,10 +269,10 @@ def test_sync_grpc_stops_waiting_at_the_deadline_without_cancelling_the_rpc():
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("protocol,left_running", [("grpc", True), ("http", False)])
-def test_async_attempt_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol, left_running):
-    """gRPC: the attempt ends at the deadline, the RPC runs on until the server answers (released here by
-    the test, no timing); HTTP, where Triton cancels nothing, is cancelled as before. A caller that is
-    itself cancelled (a REST client that hung up) cancels the RPC either way."""
+def test_async_rerank_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol, left_running):
+    """``rerank()`` raises DeadlineExceededError at the deadline; over gRPC its RPC runs on until the server
+    answers (released here by the test, no timing), over HTTP, where Triton cancels nothing, it is cancelled
+    as before. A caller that is itself cancelled (a REST client that hung up) cancels the RPC either way."""
     import asyncio
 
     from rerank_client import AsyncRerankClient
@@ -280,7 +280,7 @@ def test_async_attempt_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol,
     async def scenario() -> tuple[list[str], list[str]]:
         release, started, outcomes = asyncio.Event(), asyncio.Event(), []
 
-        async def rpc(_transport, _left):
+        async def infer(_transport, _query, _texts, _truncate, _left, headers=None, stages=False):
             started.set()
             try:
                 await release.wait()
@@ -288,11 +288,14 @@ def test_async_attempt_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol,
             except asyncio.CancelledError:
                 outcomes.append("cancelled")
                 raise
+            return RawResult(np.zeros(1, np.int32), np.zeros(1, np.float32), np.ones(1, np.int32))
 
         client = AsyncRerankClient("localhost:1", protocol)
+        client._limits = ServerLimits.from_config(CONFIG)
         client._connection = lambda: None  # type: ignore[method-assign]
+        client._infer = infer  # type: ignore[method-assign]
         with pytest.raises(DeadlineExceededError):
-            await client._attempt(rpc, 0.05)
+            await client.rerank("q", ["p"], timeout_s=0.1)
         release.set()
         while not outcomes:
             await asyncio.sleep(0.01)
@@ -300,8 +303,8 @@ def test_async_attempt_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol,
         outcomes.clear()
         release.clear()
         started.clear()
-        caller = asyncio.ensure_future(client._attempt(rpc, 30.0))
-        await started.wait()  # the attempt is waiting on the server
+        caller = asyncio.ensure_future(client.rerank("q", ["p"], timeout_s=30.0))
+        await started.wait()  # the request is waiting on the server
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
             await caller
@@ -312,3 +315,30 @@ def test_async_attempt_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol,
     deadline_outcome, cancelled_outcome = asyncio.run(scenario())
     assert deadline_outcome == (["answered"] if left_running else ["cancelled"])
     assert cancelled_outcome == ["cancelled"]
+
+
+@pytest.mark.timeout(30)
+def test_sync_rerank_over_grpc_leaves_the_rpc_to_the_server_at_the_deadline():
+    """The same through the sync client's ``rerank()``: DeadlineExceededError at the deadline, the RPC's
+    own deadline RPC_GRACE_S later, and nothing cancels it (the transport has nothing to cancel with)."""
+    from rerank_client import RerankClient
+    from rerank_client.tensors import RPC_GRACE_S
+
+    calls = []
+
+    class Transport:
+        def async_infer(self, model, inputs, callback, outputs=None, client_timeout=None, **kwargs):
+            calls.append((client_timeout, callback))
+
+    client = RerankClient("localhost:1", "grpc")
+    client._limits = ServerLimits.from_config(CONFIG)
+    client._grpc_client = Transport  # type: ignore[method-assign]
+    try:
+        with pytest.raises(DeadlineExceededError):
+            client.rerank("q", ["p"], timeout_s=0.2)
+        [(client_timeout, callback)] = calls
+        assert 0.2 < client_timeout <= 0.2 + RPC_GRACE_S
+        assert client_timeout > RPC_GRACE_S, "the RPC's deadline is the call's plus the grace"
+        callback(None, InferenceServerException("Request timeout expired: dropped by the engine"))  # later
+    finally:
+        client.close()

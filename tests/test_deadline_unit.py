@@ -44,6 +44,16 @@ def test_late_drops_what_the_batch_cannot_finish_in_time_and_keeps_the_rest():
     assert dropped == {0, 1}
 
 
+def test_the_last_request_not_yet_expired_is_kept_so_the_engine_keeps_measuring():
+    """When every request is predicted late, the one with the most slack is still computed (unless its
+    deadline has passed): a speed estimate that no run updates would otherwise drop everything."""
+    now = 1_000_000
+    dropped, predicted = deadline.late([now + 10, now + 20], [100, 100], now, 10.0)
+    assert dropped == {0} and predicted == 1_000
+    dropped, _ = deadline.late([now - 5, now], [100, 100], now, 10.0)
+    assert dropped == {0, 1}, "requests already past their deadline are always dropped"
+
+
 def test_requests_without_a_deadline_are_never_late():
     dropped, predicted = deadline.late([None, None], [10_000, 10_000], 5, 1e6)
     assert dropped == set() and predicted == 20_000 * 1e6

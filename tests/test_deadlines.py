@@ -30,6 +30,7 @@ from rerank_build.repository import RepositorySettings, build_repository
 from rerank_client import DeadlineExceededError, RerankClient
 from rerank_contract import deadline
 from threads import Worker
+from triton_helpers import infer_raw, texts
 
 from conftest import TEST_LIMITS
 
@@ -112,11 +113,6 @@ def tokenizer_answers(server) -> float:
     return triton_metric(server, r'nv_inference_request_success\{model="tokenizer",[^}]*\}')
 
 
-def engine_cancelled(server) -> float:
-    """Engine requests Triton refused as cancelled before they ran."""
-    return triton_metric(server, r'nv_inference_request_failure\{model="engine",reason="CANCELED",[^}]*\}')
-
-
 def engine_expired(server) -> float:
     return triton_metric(server, r'rerank_engine_dropped_requests_total\{reason="deadline"\}')
 
@@ -149,9 +145,18 @@ def test_expired_request_costs_no_engine_time_grpc(variant, request):
             first = Worker(lambda: client.rerank(QUERY, ["the first passage holds the engine"]))
             first.start()
             engine.wait_for_executions(runs + 1)
-            with pytest.raises(DeadlineExceededError):
-                # 2 s: ample for the open tokenizer, so that the engine is where it expires
-                client.rerank(QUERY, ["the second passage waits past its deadline"], timeout_s=2.0)
+            tokenized = tokenizer_answers(server)
+            # 5 s: ample for the open tokenizer, so that the engine's queue is where it expires
+            second = Worker(lambda: client.rerank(QUERY, ["the second passage waits past its deadline"], timeout_s=5.0))
+            second.start()
+            while tokenizer_answers(server) < tokenized + 1:  # tokenized: in (or entering) the engine's queue
+                time.sleep(0.01)
+            queued = time.time_ns()
+            second.join(120)
+            assert not second.is_alive() and isinstance(second.error, DeadlineExceededError), second.error
+            # Triton's queue policy counts the timeout from the engine's enqueue, just before `queued`:
+            # wait until it has passed there too (a precondition, with room for the enqueue itself).
+            _wait_past(queued + 5 * 10**9 + 5 * 10**8)
             engine.open()
             held = first.check(120)
             third = client.rerank(QUERY, ["the third passage comes after"])
@@ -167,19 +172,11 @@ def test_expired_request_costs_no_engine_time_grpc(variant, request):
         assert engine_expired(server) == expired
 
 
-def _raw_call(server, passage: str, due_ns: int):
-    """One ensemble request over gRPC carrying only the ``deadline_ns`` parameter: no RPC deadline, no
-    Triton ``timeout``, so nothing but our steps' own checks can drop it (and the call is never cancelled)."""
-    import tritonclient.grpc as grpcclient
-
-    from rerank_client.tensors import build_inputs, build_outputs
-
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        return client.infer("nvidia_llama_3_2_nv_rerankqa_1b_v2", build_inputs(grpcclient, QUERY, [passage]),
-                            outputs=build_outputs(grpcclient), parameters={deadline.DEADLINE_PARAMETER: due_ns})
-    finally:
-        client.close()
+def _raw_call(server, passage: str, due_ns: int, protocol: str = "grpc"):
+    """One ensemble request carrying only the ``deadline_ns`` parameter: no RPC deadline, no Triton
+    ``timeout``, so nothing but our steps' own checks can drop it (and the call is never cancelled)."""
+    return infer_raw(server, protocol, {"query": texts([QUERY]), "passage": texts([passage])},
+                     parameters={deadline.DEADLINE_PARAMETER: due_ns})
 
 
 def _wait_past(due_ns: int) -> None:
@@ -188,15 +185,17 @@ def _wait_past(due_ns: int) -> None:
         time.sleep(0.01)
 
 
-def test_tokenizer_drops_a_request_already_past_its_deadline(gated, gates):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tokenizer_drops_a_request_already_past_its_deadline(gated, gates, protocol):
     """A request held in the tokenizer past its deadline is answered "Request timeout expired" by the
-    tokenizer; the engine never sees it."""
+    tokenizer; the engine never sees it. Over either protocol: the parameter is an int64 on gRPC, a
+    JSON number on HTTP."""
     server, _, _ = gated
     engine, tokenizer = gates
     before, runs, steps = useful_tokens(server), len(engine.executions()), len(tokenizer.executions())
     due = deadline.deadline_ns(0.3)
     tokenizer.close()
-    call = Worker(_raw_call, server, "a passage held in the tokenizer", due)
+    call = Worker(_raw_call, server, "a passage held in the tokenizer", due, protocol)
     call.start()
     tokenizer.wait_for_executions(steps + 1)
     _wait_past(due)
@@ -205,7 +204,7 @@ def test_tokenizer_drops_a_request_already_past_its_deadline(gated, gates):
     assert not call.is_alive()
     assert call.error is not None and deadline.EXPIRED in str(call.error), call.error
     assert "dropped by the tokenizer" in str(call.error)
-    fresh = _raw_call(server, "a passage with time to spare", deadline.deadline_ns(120))
+    fresh = _raw_call(server, "a passage with time to spare", deadline.deadline_ns(120), protocol)
     assert np.isfinite(fresh.as_numpy("logit")).all()
     assert [rows for _, rows in engine.executions()[runs:]] == [1], "the expired request reached the engine"
     assert useful_tokens(server) - before == int(fresh.as_numpy("token_count").sum())
@@ -248,8 +247,13 @@ def test_deadline_header_costs_no_engine_time(gated, gates, gated_gateway):
     first = Worker(lambda: rank(gated_gateway.url, "the first passage holds the engine"))
     first.start()
     engine.wait_for_executions(runs + 1)
-    # 2 s: ample for the open tokenizer, so that the engine is where it expires
-    late = rank(gated_gateway.url, "the second passage waits past its deadline", {HEADER: "2000"})
+    tokenized = tokenizer_answers(server)
+    # 5 s: ample for the open tokenizer, so that the engine is where it expires
+    second = Worker(lambda: rank(gated_gateway.url, "the second passage waits past its deadline", {HEADER: "5000"}))
+    second.start()
+    while tokenizer_answers(server) < tokenized + 1:  # in the engine's queue
+        time.sleep(0.01)
+    late = second.check(120)
     assert late.status_code == 504, late.text
     engine.open()
     held = first.check(120)
@@ -262,11 +266,10 @@ def test_deadline_header_costs_no_engine_time(gated, gates, gated_gateway):
 
 def test_disconnected_client_cancels_its_queued_work(gated, gates, gated_gateway):
     """A client that hangs up while its request waits in Triton (here: in the tokenizer) cancels it: the
-    gateway cancels the gRPC call and Triton refuses the request's next step as cancelled, so the engine
-    never computes it."""
+    gateway cancels the gRPC call and Triton runs no further step of it, so the engine never computes it."""
     server, _, _ = gated
     engine, tokenizer = gates
-    before, cancels = useful_tokens(server), engine_cancelled(server)
+    before = useful_tokens(server)
     disconnects = gateway_metric(gated_gateway, "rerank_gateway_client_disconnects_total")
     steps = len(tokenizer.executions())
     tokenizer.close()
@@ -285,8 +288,6 @@ def test_disconnected_client_cancels_its_queued_work(gated, gates, gated_gateway
     assert third.status_code == 200, third.text
     spent = useful_tokens(server) - before
     assert spent == third.json()["usage"]["total_tokens"], "the engine computed the cancelled request"
-    # The ensemble still hands the next step over, and Triton refuses it there as cancelled, unrun.
-    assert engine_cancelled(server) == cancels + 1, "Triton did not cancel the request at the engine"
     log = gated_gateway.log_path.read_text()
     assert re.search(r"\[leaving-client\].*client disconnected", log), log[-2000:]
     assert "never retrieved" not in log, log[-2000:]
@@ -327,11 +328,12 @@ def test_deadlines_tool_quick_run(tiny_checkpoint, tiny_onnx_fp32, tiny_reposito
     assert report["capacity_rps"] > 0
     assert [(p["variant"], p["admission"]) for p in report["phases"]] == [
         ("off", True), ("steps", True), ("off", False), ("steps", False)]
-    for phase in report["phases"]:
-        assert phase["requests"] > 0 and phase["ok"] > 0 and phase["other"] == 0, phase
+    for phase in report["phases"]:  # how many answer in time depends on the machine; every one is accounted
+        assert phase["requests"] > 0 and phase["other"] == 0, phase
         assert phase["ok"] + phase["expired_504"] + phase["rejected_503"] == phase["requests"], phase
-        assert phase["engine_tokens"] >= phase["answered_tokens"] > 0, "the engine computed every answered token"
+        assert phase["engine_tokens"] >= phase["answered_tokens"], "the engine computed every answered token"
         if phase["variant"] == "off":
             assert phase["engine_expired"] == 0, "a repository built with --no-deadlines dropped work"
+    assert any(phase["ok"] for phase in report["phases"]), "nothing was answered in time in any phase"
     text = (tmp_path / "out" / "deadlines-tiny.md").read_text()
     assert "| off | on | 2x | 300 ms |" in text and "| steps | off | 2x | 300 ms |" in text

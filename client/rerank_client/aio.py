@@ -159,12 +159,15 @@ class AsyncRerankClient(ClientBase):
         # is nobody's news, so it is marked retrieved rather than logged as "never retrieved".
         gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            parts = await asyncio.wait_for(gathered, timeout=max(0.0, deadline - time.monotonic()))
+            parts = await asyncio.wait_for(asyncio.shield(gathered), timeout=max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
+            # Nothing is cancelled: each request ends by itself at the deadline (its attempt stops
+            # waiting and leaves its RPC to the server's answer, module docstring).
             raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s") from None
-        finally:
+        except BaseException:  # a request failed, or the caller was cancelled: the others are not needed
             for task in tasks:
                 task.cancel()
+            raise
         pairs = [pair for part in parts for pair in part]
         if stages and timings is not None:
             for _, raw in pairs:
@@ -216,6 +219,7 @@ class AsyncRerankClient(ClientBase):
                                         "timeout") from None
         except asyncio.CancelledError:
             attempt.cancel()
+            attempt.add_done_callback(_forget)
             raise
 
     async def _with_retry(self, call: Attempt[T], deadline: float) -> T:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -311,10 +311,7 @@ class RerankClient(ClientBase):
         answer: Future = Future()
 
         def done(result: Any, error: Any) -> None:
-            try:
-                answer.set_exception(error) if error is not None else answer.set_result(result)
-            except InvalidStateError:  # the caller stopped waiting (closed)
-                pass
+            answer.set_exception(error) if error is not None else answer.set_result(result)
 
         client.async_infer(self.settings.model, inputs, done, outputs=outputs, client_timeout=timeout_s + RPC_GRACE_S,
                            **kwargs)

@@ -53,12 +53,15 @@ def late(deadlines: Sequence[int | None], tokens: Sequence[int], now_ns: int, ns
     A batch answers all its requests when its last run ends, so a request is late when its deadline
     falls before ``now + ns_per_token x tokens of the batch``. Dropping one shortens the batch, which
     may save others: drop the late request with the earliest deadline, then look again. Requests
-    without a deadline are never late."""
+    without a deadline are never late. A request whose deadline has passed is always dropped; of those
+    only predicted late, the last one is kept: the engine then still runs, and so keeps measuring its
+    speed (an estimate that no run updates could otherwise drop every request from then on)."""
     alive = set(range(len(tokens)))
     while True:
         predicted = int(ns_per_token * sum(tokens[k] for k in alive))
         now_late = [k for k in alive if deadlines[k] is not None and deadlines[k] < now_ns + predicted]
-        if not now_late:
+        expired = [k for k in now_late if deadlines[k] <= now_ns]  # type: ignore[operator]
+        if not now_late or (not expired and len(alive) == 1):
             return set(range(len(tokens))) - alive, predicted
         alive.remove(min(now_late, key=lambda k: deadlines[k]))  # type: ignore[arg-type, return-value]
 

@@ -5,10 +5,10 @@ up cancels it.
   default Envoy's ``x-envoy-expected-rq-timeout-ms``, milliseconds, which Envoy and Istio set from
   a route's timeout and any client may send). The request's budget is the smaller of it and the
   gateway's ``timeout_s``, counted from the request's arrival. The client library sends it with every
-  Triton request as the RPC's deadline, as Triton's own ``timeout``, and as the instant it falls
-  (``deadline_ns``, rerank_contract/deadline.py), which the tokenizer and the CPU engine read: a
-  request that cannot be answered by then is dropped before it costs engine time. Past it, the
-  answer is 504.
+  Triton request as Triton's own ``timeout`` and as the instant it falls (``deadline_ns``,
+  rerank_contract/deadline.py), which the tokenizer and the CPU engine read: a request that cannot be
+  answered by then is dropped before it costs engine time. Past it, the answer is 504; the RPC is not
+  cancelled then (its own gRPC deadline is ``RPC_GRACE_S`` later: rerank_client.tensors).
 - **Disconnect**: :class:`CancelOnDisconnect` watches the connection once the body is read; when the
   client goes away first, the request's task is cancelled, which cancels its gRPC calls. Triton
   2.51 then runs no further step of a cancelled ensemble request (a step already queued at the

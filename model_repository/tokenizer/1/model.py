@@ -36,6 +36,8 @@ class TritonPythonModel:
         self.limits = limits_from_config(config)
         self.encoder = rp.PairEncoder(tokenizer, max_length=self.limits.max_sequence_length)
         self.pad_id = int(config_parameters(config)["pad_id"])
+        if "deadlines" not in config_parameters(config):  # written by the repository assembly, like the rest
+            raise ValueError("tokenizer: config.pbtxt lacks the parameter 'deadlines'")
         self.deadlines = config_parameters(config)["deadlines"] == "on"
 
     def execute(self, requests):
