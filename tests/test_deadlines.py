@@ -150,6 +150,7 @@ def test_expired_request_costs_no_engine_time_grpc(variant, request):
             second = Worker(lambda: client.rerank(QUERY, ["the second passage waits past its deadline"], timeout_s=5.0))
             second.start()
             while tokenizer_answers(server) < tokenized + 1:  # tokenized: in (or entering) the engine's queue
+                assert second.is_alive(), f"the second request ended before the engine: {second.error!r}"
                 time.sleep(0.01)
             queued = time.time_ns()
             second.join(120)
@@ -225,6 +226,7 @@ def test_engine_drops_a_request_past_its_deadline_without_a_timeout(gated, gates
     second = Worker(_raw_call, server, "the second passage waits past its deadline", due)
     second.start()
     while tokenizer_answers(server) < tokenized + 1:  # the second request is in the engine's queue
+        assert second.is_alive(), f"the second request ended before the engine: {second.error!r}"
         time.sleep(0.01)
     _wait_past(due)
     engine.open()
@@ -252,9 +254,12 @@ def test_deadline_header_costs_no_engine_time(gated, gates, gated_gateway):
     second = Worker(lambda: rank(gated_gateway.url, "the second passage waits past its deadline", {HEADER: "5000"}))
     second.start()
     while tokenizer_answers(server) < tokenized + 1:  # in the engine's queue
+        assert second.is_alive(), f"the second request ended before reaching the engine: {second.error or second.result}"
         time.sleep(0.01)
+    queued = time.time_ns()
     late = second.check(120)
     assert late.status_code == 504, late.text
+    _wait_past(queued + 5 * 10**9)  # its deadline has passed in the engine too (a precondition)
     engine.open()
     held = first.check(120)
     third = rank(gated_gateway.url, "the third passage comes after")

@@ -275,9 +275,21 @@ def test_engine_drops_a_request_its_batch_cannot_finish_in_time(tiny_repository)
     now = time.time_ns()
     outs = engine.execute([_with_deadline(_engine_request([[128000, 5, 6]]), now + 5 * 10**9),
                            _with_deadline(_engine_request([[128000, 10, 20, 30]]), now + 3600 * 10**9)])
-    assert outs[0].error is not None and "would take about" in outs[0].error.message()
+    assert outs[0].error is not None and "would take about 7000 ms" in outs[0].error.message()
     assert outs[1].error is None and engine.useful.value() == 4
     assert engine.rate.ns_per_token < 1e9, "the engine learns its speed from what it ran"
+
+
+def test_engine_keeps_computing_when_its_estimate_says_everything_is_late(tiny_repository):
+    """An estimate far too slow (1 hour per token) predicts every request late; the engine still
+    computes the one closest to its deadline, so the next estimate comes from a real run."""
+    import time
+
+    engine = load_model(tiny_repository, "engine")
+    engine.rate.ns_per_token = 3600e9
+    outs = engine.execute([_with_deadline(_engine_request([[128000, 5, 6]]), time.time_ns() + 5 * 10**9)])
+    assert outs[0].error is None and engine.useful.value() == 3 and engine.expired.value() == 0
+    assert engine.rate.ns_per_token < 3600e9
 
 
 def test_engine_with_deadlines_off_computes_everything(tiny_repository, tmp_path):

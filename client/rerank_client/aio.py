@@ -159,12 +159,20 @@ class AsyncRerankClient(ClientBase):
         # is nobody's news, so it is marked retrieved rather than logged as "never retrieved".
         gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            parts = await asyncio.wait_for(asyncio.shield(gathered), timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+            done, _ = await asyncio.wait({gathered}, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:  # the caller was cancelled (its REST client left): end its requests
+            for task in tasks:
+                task.cancel()
+            raise
+        if not done:
             # Nothing is cancelled: each request ends by itself at the deadline (its attempt stops
             # waiting and leaves its RPC to the server's answer, module docstring).
-            raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s") from None
-        except BaseException:  # a request failed, or the caller was cancelled: the others are not needed
+            raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s")
+        try:
+            parts = gathered.result()
+        except DeadlineExceededError:
+            raise  # the server dropped one at its deadline: the others end by the same deadline, uncancelled
+        except BaseException:  # another failure: the other requests are not needed
             for task in tasks:
                 task.cancel()
             raise
@@ -210,17 +218,20 @@ class AsyncRerankClient(ClientBase):
         """One try, ended when ``timeout_s`` (what is left of the deadline) runs out; the RPC itself is
         left to end on its own then (module docstring), and cancelled only with the caller."""
         attempt = asyncio.ensure_future(call(self._connection(), timeout_s))
-        grpc = self.settings.protocol == "grpc"  # over HTTP Triton cancels nothing: no race to avoid
+        # asyncio.wait, not wait_for: an error the attempt raises (a TimeoutError among them) is its own,
+        # never mistaken for the wait running out.
         try:
-            return await asyncio.wait_for(asyncio.shield(attempt) if grpc else attempt, timeout=timeout_s)
-        except asyncio.TimeoutError:
-            attempt.add_done_callback(_forget)
-            raise DeadlineExceededError(f"no answer within the {timeout_s:.2f}s left of the deadline",
-                                        "timeout") from None
+            done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
         except asyncio.CancelledError:
             attempt.cancel()
             attempt.add_done_callback(_forget)
             raise
+        if not done:
+            if self.settings.protocol != "grpc":  # over HTTP Triton cancels nothing: no race to avoid
+                attempt.cancel()
+            attempt.add_done_callback(_forget)
+            raise DeadlineExceededError(f"no answer within the {timeout_s:.2f}s left of the deadline", "timeout")
+        return attempt.result()
 
     async def _with_retry(self, call: Attempt[T], deadline: float) -> T:
         retrying = Retrying(self.retry, deadline, lambda: self._closed)

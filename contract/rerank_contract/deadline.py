@@ -47,23 +47,33 @@ def expired_message(step: str, deadline: int, now_ns: int, predicted_ns: int = 0
     return f"{EXPIRED}: the deadline passed {(now_ns - deadline) / 1e6:.0f} ms ago; dropped by the {step}"
 
 
-def late(deadlines: Sequence[int | None], tokens: Sequence[int], now_ns: int, ns_per_token: float) -> tuple[set[int], int]:
-    """The requests of one batch that cannot be answered by their deadline, and the batch's predicted time.
+def late(deadlines: Sequence[int | None], tokens: Sequence[int], now_ns: int,
+         ns_per_token: float) -> tuple[dict[int, int], int]:
+    """The requests of one batch that cannot be answered by their deadline, each with the batch time
+    predicted when it was dropped, and the predicted time of the batch that is left.
 
     A batch answers all its requests when its last run ends, so a request is late when its deadline
-    falls before ``now + ns_per_token x tokens of the batch``. Dropping one shortens the batch, which
-    may save others: drop the late request with the earliest deadline, then look again. Requests
-    without a deadline are never late. A request whose deadline has passed is always dropped; of those
-    only predicted late, the last one is kept: the engine then still runs, and so keeps measuring its
-    speed (an estimate that no run updates could otherwise drop every request from then on)."""
+    falls before ``now + ns_per_token x tokens of the batch``. Requests already past their deadline
+    go first; then the late request with the earliest deadline, and look again: dropping one
+    shortens the batch, which may save others. Requests without a deadline are never late. When every
+    request left is late, the one that comes closest to its deadline alone is kept: the engine then
+    still runs, and so keeps measuring its speed (an estimate that no run updates could otherwise drop
+    every request from then on)."""
     alive = set(range(len(tokens)))
+    dropped: dict[int, int] = {}
     while True:
         predicted = int(ns_per_token * sum(tokens[k] for k in alive))
-        now_late = [k for k in alive if deadlines[k] is not None and deadlines[k] < now_ns + predicted]
-        expired = [k for k in now_late if deadlines[k] <= now_ns]  # type: ignore[operator]
-        if not now_late or (not expired and len(alive) == 1):
-            return set(range(len(tokens))) - alive, predicted
-        alive.remove(min(now_late, key=lambda k: deadlines[k]))  # type: ignore[arg-type, return-value]
+        now_late = [k for k in alive if deadlines[k] is not None and deadlines[k] < now_ns + predicted]  # type: ignore[operator]
+        if not now_late:
+            return dropped, predicted
+        expired = [k for k in now_late if deadlines[k] < now_ns]  # type: ignore[operator]
+        if not expired and len(now_late) == len(alive):
+            keep = min(alive, key=lambda k: now_ns + ns_per_token * tokens[k] - deadlines[k])  # type: ignore[operator]
+            dropped.update((k, predicted) for k in alive - {keep})
+            return dropped, int(ns_per_token * tokens[keep])
+        first = min(expired or now_late, key=lambda k: deadlines[k])  # type: ignore[arg-type, return-value]
+        dropped[first] = predicted
+        alive.remove(first)
 
 
 class ServiceRate:

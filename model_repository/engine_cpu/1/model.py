@@ -138,8 +138,8 @@ class TritonPythonModel:
         """Answer the requests that cannot finish by their deadline; return the others."""
         now = time.time_ns()
         deadlines = [deadline.deadline_of(requests[k].parameters()) for k in good]
-        late, predicted = deadline.late(deadlines, [int(masks[k].sum()) for k in good], now, self.rate.ns_per_token)
-        for j in late:
+        late, _ = deadline.late(deadlines, [int(masks[k].sum()) for k in good], now, self.rate.ns_per_token)
+        for j, predicted in late.items():
             responses[good[j]] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 deadline.expired_message("engine", deadlines[j], now, predicted), pb_utils.TritonError.UNAVAILABLE))
         if late:
