@@ -167,7 +167,7 @@ class AsyncRerankClient(ClientBase):
         if not done:
             # Nothing is cancelled: each request ends by itself at the deadline (its attempt stops
             # waiting and leaves its RPC to the server's answer, module docstring).
-            raise DeadlineExceededError(f"requests unanswered after {budget:.1f}s")
+            raise DeadlineExceededError(f"requests unanswered after {budget:.2f}s")
         try:
             parts = gathered.result()
         except DeadlineExceededError:
