@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
-from loadtests.overload import body, capacity, engine_counters
+from loadtests.overload import body, capacity, engine_counters, write_report
 from rerank_serving.stack import ServingStack
 
 logger = logging.getLogger(__name__)
@@ -172,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity_rps, phases = run(repositories, args.passages, args.factor, args.phase_s, args.deadline_ms, args.clients,
                                args.capacity_s, args.out / "logs", args.rounds, admissions)
     text = f"## Deadlines under overload, {args.label}\n\n" + table(phases, capacity_rps, args.passages) + "\n"
-    (args.out / f"deadlines-{args.label}.md").write_text(text)
-    (args.out / f"deadlines-{args.label}.json").write_text(json.dumps(
-        {"capacity_rps": capacity_rps, "passages": args.passages, "phases": [asdict(x) for x in phases]}, indent=2))
-    print(text)
+    write_report(args.out / f"deadlines-{args.label}", text, capacity_rps, args.passages, phases)
     return 0
 
 

@@ -202,6 +202,14 @@ def run(repository: Path, passages: int, factors: list[float], phase_s: float, c
     return capacity_rps, reports
 
 
+def write_report(stem: Path, text: str, capacity_rps: float, passages: int, phases: list) -> None:
+    """``stem``.md (the table) and ``stem``.json (the phases as data) of an open-loop run; the table printed."""
+    stem.parent.joinpath(stem.name + ".md").write_text(text)  # not with_suffix: a label may hold a dot
+    stem.parent.joinpath(stem.name + ".json").write_text(json.dumps(
+        {"capacity_rps": capacity_rps, "passages": passages, "phases": [asdict(r) for r in phases]}, indent=2))
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repository", type=Path, default=Path("build/model_repository"))
@@ -228,10 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.phase_s, args.clients, args.capacity_s, args.out / "logs",
                                 workload=args.workload, modes=modes)
     text = f"## Overload, {args.label} ({args.workload} workload)\n\n" + table(reports, capacity_rps, args.passages) + "\n"
-    (args.out / f"overload-{args.label}.md").write_text(text)
-    (args.out / f"overload-{args.label}.json").write_text(json.dumps(
-        {"capacity_rps": capacity_rps, "passages": args.passages, "phases": [asdict(r) for r in reports]}, indent=2))
-    print(text)
+    write_report(args.out / f"overload-{args.label}", text, capacity_rps, args.passages, reports)
     return 0
 
 

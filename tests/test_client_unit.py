@@ -267,6 +267,31 @@ def test_sync_grpc_stops_waiting_at_the_deadline_without_cancelling_the_rpc():
         client.close()
 
 
+def stub_async_client(protocol: str, infer, **options):
+    """An AsyncRerankClient with known limits whose requests go to ``infer`` (no server, no connection)."""
+    from rerank_client import AsyncRerankClient
+
+    client = AsyncRerankClient("localhost:1", protocol, **options)
+    client._limits = ServerLimits.from_config(CONFIG)
+    client._connection = lambda: None  # type: ignore[method-assign]
+    client._infer = infer  # type: ignore[method-assign]
+    return client
+
+
+async def answer_when(release, outcomes: list[str]) -> RawResult:
+    """A request the server answers once ``release`` is set; ``outcomes`` says whether it was answered or
+    cancelled first."""
+    import asyncio
+
+    try:
+        await release.wait()
+        outcomes.append("answered")
+    except asyncio.CancelledError:
+        outcomes.append("cancelled")
+        raise
+    return RawResult(np.zeros(1, np.int32), np.zeros(1, np.float32), np.ones(1, np.int32))
+
+
 async def until(condition) -> None:
     """Poll ``condition`` on the event loop (the caller bounds the wait)."""
     import asyncio
@@ -282,7 +307,6 @@ def test_async_rerank_keeps_the_servers_deadline_message_and_cancels_no_other_re
     end by the same deadline: cancelling them could race Triton's answers)."""
     import asyncio
 
-    from rerank_client import AsyncRerankClient
 
     async def scenario() -> tuple[str, list[str]]:
         release, outcomes, calls = asyncio.Event(), [], []
@@ -293,18 +317,9 @@ def test_async_rerank_keeps_the_servers_deadline_message_and_cancels_no_other_re
                 raise InferenceServerException("in ensemble 'x', Request timeout expired: the deadline is 80 ms away "
                                                "and the engine's batch would take about 300 ms; dropped by the engine "
                                                "before computing", "StatusCode.UNAVAILABLE")
-            try:
-                await release.wait()
-                outcomes.append("answered")
-            except asyncio.CancelledError:
-                outcomes.append("cancelled")
-                raise
-            return RawResult(np.zeros(1, np.int32), np.zeros(1, np.float32), np.ones(1, np.int32))
+            return await answer_when(release, outcomes)
 
-        client = AsyncRerankClient("localhost:1", "grpc", max_rows_per_request=1, max_concurrency=4)
-        client._limits = ServerLimits.from_config(CONFIG)
-        client._connection = lambda: None  # type: ignore[method-assign]
-        client._infer = infer  # type: ignore[method-assign]
+        client = stub_async_client("grpc", infer, max_rows_per_request=1, max_concurrency=4)
         with pytest.raises(DeadlineExceededError) as raised:
             await client.rerank("q", ["a", "b", "c"], timeout_s=30.0)
         await asyncio.wait_for(until(lambda: len(calls) == 3), 5)
@@ -325,25 +340,15 @@ def test_async_rerank_leaves_a_grpc_rpc_to_the_server_at_the_deadline(protocol, 
     as before. A caller that is itself cancelled (a REST client that hung up) cancels the RPC either way."""
     import asyncio
 
-    from rerank_client import AsyncRerankClient
 
     async def scenario() -> tuple[list[str], list[str]]:
         release, started, outcomes = asyncio.Event(), asyncio.Event(), []
 
         async def infer(_transport, _query, _texts, _truncate, _left, headers=None, stages=False):
             started.set()
-            try:
-                await release.wait()
-                outcomes.append("answered")
-            except asyncio.CancelledError:
-                outcomes.append("cancelled")
-                raise
-            return RawResult(np.zeros(1, np.int32), np.zeros(1, np.float32), np.ones(1, np.int32))
+            return await answer_when(release, outcomes)
 
-        client = AsyncRerankClient("localhost:1", protocol)
-        client._limits = ServerLimits.from_config(CONFIG)
-        client._connection = lambda: None  # type: ignore[method-assign]
-        client._infer = infer  # type: ignore[method-assign]
+        client = stub_async_client(protocol, infer)
         with pytest.raises(DeadlineExceededError):
             await client.rerank("q", ["p"], timeout_s=0.1)
         release.set()
